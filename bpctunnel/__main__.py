@@ -1,0 +1,5 @@
+"""python -m bpctunnel: the bpctunnel command."""
+
+from bpctunnel.cli import main
+
+main()

@@ -1,0 +1,219 @@
+"""
+The tunnel client, run on the laptop: one outbound WebSocket over mutual TLS,
+and an rsync daemon process for each connection BackupPC makes through it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import ClientService
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+
+from bpctunnel import framing
+from bpctunnel.client_config import ClientConfig
+from bpctunnel.errors import ProtocolError
+from bpctunnel.mux import Channel, Multiplexer
+from bpctunnel.rsync_bridge import RsyncLauncher
+from bpctunnel.tls import client_tls_options
+
+_UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]: (.*?)\"?\)?$")
+
+#: What the laptop's user can do about each refusal.
+ADVICE = {
+    "unknown host": "ask the BackupPC admin to add this host to BackupPC's hosts file",
+    "fingerprint mismatch": (
+        "this certificate is not (or no longer) registered; ask the BackupPC admin "
+        "for a new bundle (bpctunnel renew HOST)"
+    ),
+    "host config error": "ask the BackupPC admin to fix the host's config on the server",
+    "already connected": (
+        "another client with this certificate is connected; retrying in case it is "
+        "this laptop's old connection"
+    ),
+    "port unavailable": "the server cannot open this host's port; retrying",
+}
+
+
+#: What TLS alerts from the server mean for the laptop's user.
+TLS_ADVICE = {
+    "unknown ca": "the server does not accept this certificate: it was not issued by the "
+                  "server's CA; ask the BackupPC admin for a new bundle",
+    "certificate required": "the server requires a client certificate; set cert and key",
+    "unsupported certificate": "this certificate is not a client certificate; use the "
+                               "HOST.crt from your bundle",
+    "certificate verify failed": "the server's certificate is not signed by the CA in "
+                                 "the 'ca' setting; check that ca points to your bundle's ca.crt",
+    "protocol version": "the other side does not speak TLS 1.3",
+}
+
+
+def tls_advice(reason: str | None) -> str | None:
+    """Advice for a tunnel that closed because of a TLS alert, if it did."""
+    for words, advice in TLS_ADVICE.items():
+        if words in (reason or ""):
+            return advice
+    return None
+
+
+def refusal_from_close_reason(reason: str | None) -> tuple[int, str] | None:
+    """
+    The HTTP status and reason phrase of a refused opening handshake, as
+    Autobahn reports it in C{onClose}, or C{None} if C{reason} is something else.
+    """
+    match = _UPGRADE_FAILED.search(reason or "")
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def advice_for(refusal: str) -> str:
+    """What to do about a refusal whose text starts with a known reason."""
+    for reason, advice in ADVICE.items():
+        if refusal.startswith(reason):
+            return advice
+    return "see the server's log"
+
+
+class TunnelClientProtocol(WebSocketClientProtocol):
+    """The client's side of one tunnel."""
+
+    log = Logger()
+    mux: Multiplexer | None = None
+
+    def onConnect(self, response) -> None:
+        if response.protocol != framing.SUBPROTOCOL:
+            raise ProtocolError(
+                f"the server answered with protocol {response.protocol!r}, "
+                f"not {framing.SUBPROTOCOL}"
+            )
+
+    def onOpen(self) -> None:
+        self.mux = Multiplexer(
+            self._send_message,
+            is_server=False,
+            accept_channel=self.factory.accept_channel,
+            name=self.factory.config.host,
+        )
+        self.registerProducer(self.mux, True)
+        self.factory.current = self
+        self.log.info("tunnel up to {url}", url=self.factory.config.server)
+        self.factory.tunnel_opened(self)
+
+    def _send_message(self, payload: bytes) -> None:
+        # Once the closing handshake has begun nothing more may be sent; the
+        # multiplexer learns of the loss when the connection ends.
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=True)
+
+    def close_tunnel(self, reason: str) -> None:
+        """Close the tunnel cleanly from this side."""
+        # A TLS transport only shuts down once its producer has gone.
+        self.unregisterProducer()
+        self.sendClose(code=framing.WS_CLOSE_NORMAL, reason=reason[:120])
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.mux is None:
+            return
+        try:
+            if not isBinary:
+                raise ProtocolError("the server sent a text message")
+            self.mux.message_received(payload)
+        except ProtocolError as e:
+            self.log.warn("closing the tunnel: protocol error: {error}", error=str(e))
+            self.sendClose(code=framing.WS_CLOSE_PROTOCOL_ERROR, reason=f"protocol error: {e}"[:120])
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        refusal = refusal_from_close_reason(reason)
+        if refusal is not None:
+            status, text = refusal
+            self.log.error(
+                "refused by server: {refusal}; {advice}",
+                refusal=text,
+                advice=advice_for(text),
+                http_status=status,
+            )
+        elif tls_advice(reason) is not None:
+            self.log.error("TLS with {url} failed: {reason}; {advice}", url=self.factory.config.server,
+                           reason=reason, advice=tls_advice(reason))
+        elif self.mux is not None:
+            emit = self.log.info if wasClean else self.log.warn
+            emit("tunnel to {url} closed: {reason}", url=self.factory.config.server,
+                 reason=reason or f"code {code}")
+        else:
+            self.log.warn("could not open the tunnel to {url}: {reason}",
+                          url=self.factory.config.server, reason=reason or f"code {code}")
+        if self.mux is not None:
+            self.mux.tunnel_lost(f"the tunnel closed: {reason}")
+        if self.factory.current is self:
+            self.factory.current = None
+        self.factory.tunnel_closed(self, refusal[1] if refusal else None, reason)
+
+
+class TunnelClientFactory(WebSocketClientFactory):
+    """
+    Makes L{TunnelClientProtocol}s.
+
+    @param accept_channel: starts the local end of each channel the server
+        opens (by default an L{RsyncLauncher}).
+    """
+
+    protocol = TunnelClientProtocol
+
+    def __init__(self, reactor, config: ClientConfig,
+                 accept_channel: Callable[[Channel], object] | None = None):
+        super().__init__(config.server, protocols=[framing.SUBPROTOCOL], reactor=reactor)
+        self.config = config
+        self.accept_channel = accept_channel or RsyncLauncher(
+            reactor, config.rsync, config.rsyncd_conf, config.host
+        )
+        self.setProtocolOptions(
+            maxFramePayloadSize=1024 * 1024,
+            maxMessagePayloadSize=1024 * 1024,
+            openHandshakeTimeout=30,
+        )
+        self.observers: list = []
+        #: The open tunnel, if any.
+        self.current: TunnelClientProtocol | None = None
+
+    def tunnel_opened(self, protocol: TunnelClientProtocol) -> None:
+        for observer in list(self.observers):
+            observer("open", protocol, None)
+
+    def tunnel_closed(self, protocol, refusal: str | None, reason: str | None) -> None:
+        for observer in list(self.observers):
+            observer("closed", protocol, refusal or reason)
+
+
+def client_tls(config: ClientConfig):
+    """The client's TLS options: our certificate, and the server's checked against C{ca}."""
+    return client_tls_options(config.server_host, config.ca, config.cert, config.key)
+
+
+def client_endpoint(reactor, config: ClientConfig, tls=None):
+    """The mutual-TLS endpoint of the server named in C{config}."""
+    tls = tls or client_tls(config)
+    return wrapClientTLS(tls, HostnameEndpoint(reactor, config.server_host, config.server_port))
+
+
+class TunnelClientService(ClientService):
+    """Keeps the tunnel up, reconnecting with backoff; closes it cleanly on stop."""
+
+    def __init__(self, endpoint, factory: TunnelClientFactory, clock):
+        super().__init__(endpoint, factory, clock=clock)
+        self.factory = factory
+
+    def stopService(self):
+        if self.factory.current is not None:
+            self.factory.current.close_tunnel("the client is stopping")
+        return super().stopService()
+
+
+def make_client_service(reactor, config: ClientConfig, factory: TunnelClientFactory | None = None,
+                        tls=None) -> TunnelClientService:
+    """A service that keeps the tunnel to the server in C{config} up."""
+    factory = factory or TunnelClientFactory(reactor, config)
+    return TunnelClientService(client_endpoint(reactor, config, tls), factory, reactor)

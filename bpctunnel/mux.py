@@ -1,0 +1,465 @@
+"""
+Channel multiplexing over one tunnel, with per-channel flow control.
+
+A L{Multiplexer} turns tunnel messages (see L{bpctunnel.framing}) into calls
+on L{Channel} objects and back.  It knows nothing of sockets or processes:
+each channel drives an L{ILocalEnd} (a TCP connection from BackupPC on the
+server, an rsync process on the client), and the multiplexer sends encoded
+messages through a callable.  That keeps all of the protocol logic testable
+without a reactor.
+
+Flow control works like SSH channels and HTTP/2 streams.  Each side announces
+a receive window when the channel opens; the sender may have at most that many
+bytes unacknowledged, and the receiver grants more (CREDIT) only once its
+local sink has taken the bytes.  One slow channel therefore never stalls the
+shared WebSocket, and memory per channel is bounded by design.  The
+multiplexer is also an C{IPushProducer} for the WebSocket's transport: when
+the TLS buffers fill it pauses every local source.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from bpctunnel import framing
+from bpctunnel.errors import ProtocolError
+
+#: Bytes a receiver lets the sender have in flight on one channel.
+DEFAULT_WINDOW = 1024 * 1024
+#: Largest DATA payload we send.
+MAX_DATA = 64 * 1024
+#: Channels one tunnel may carry at once.
+DEFAULT_MAX_CHANNELS = 64
+
+
+class ILocalEnd(Interface):
+    """
+    What a channel drives on this side of the tunnel.
+
+    The local end feeds the channel through L{Channel.local_data},
+    L{Channel.local_eof} and L{Channel.local_closed}, and registers the
+    channel as the push producer of its write side so that a full sink
+    withholds credit.
+    """
+
+    def write(data):
+        """Deliver bytes that arrived through the tunnel."""
+
+    def write_eof():
+        """The peer will send no more: half-close our write side."""
+
+    def close():
+        """The channel is finished: flush what was written, then close."""
+
+    def abort(reason):
+        """The channel failed: drop everything at once, visibly."""
+
+    def pause_reading():
+        """Stop reading from the local source."""
+
+    def resume_reading():
+        """Start reading from the local source again."""
+
+
+@implementer(IPushProducer)
+class Channel:
+    """
+    One carried connection.
+
+    It is the C{IPushProducer} registered on its local end's write side:
+    while that sink is paused it grants no credit, so the peer stops sending.
+    """
+
+    log = Logger()
+
+    def __init__(self, mux: Multiplexer, channel_id: int, window: int, metadata: dict):
+        self.mux = mux
+        self.channel_id = channel_id
+        self.metadata = metadata
+        self.local: ILocalEnd | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.accepted = False
+        self.close_reason = ""
+        # Receiving side.
+        self._window = window
+        self._peer_may_send = window
+        self._unacknowledged = 0
+        self._sink_paused = False
+        self._eof_received = False
+        self._close_received = False
+        # Sending side.
+        self._credit = 0
+        self._pending: deque[bytes] = deque()
+        self._source_paused = False
+        self._eof_wanted = False
+        self._eof_sent = False
+        self._close_wanted: tuple[int, str] | None = None
+        self._close_sent = False
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.channel_id} in={self.bytes_in} out={self.bytes_out}>"
+
+    @property
+    def finished(self) -> bool:
+        """Both sides have sent CLOSE: the channel id is free again."""
+        return self._close_sent and self._close_received
+
+    def attach(self, local: ILocalEnd) -> None:
+        """Connect the channel to the local end it drives."""
+        self.local = local
+        self._update_source()
+
+    # -- called by the local end ------------------------------------------
+
+    def local_data(self, data: bytes) -> None:
+        """The local source produced bytes: send them as credit allows."""
+        if self._close_sent or self._eof_wanted or not data:
+            return
+        self._pending.append(data)
+        self._flush()
+
+    def local_eof(self) -> None:
+        """The local source ended: the peer gets EOF once pending data is sent."""
+        self._eof_wanted = True
+        self._flush()
+
+    def local_closed(self, error: str | None = None) -> None:
+        """
+        The local end is gone.  Without C{error}, pending data is still sent
+        (as credit allows), then EOF and CLOSE; with one, the channel fails.
+        """
+        self.local = None
+        if error is not None:
+            self._pending.clear()
+            self._close_wanted = (framing.CLOSE_ERROR, error)
+        else:
+            self._eof_wanted = True
+            if self._close_wanted is None:
+                self._close_wanted = (framing.CLOSE_DONE, "")
+        self._flush()
+
+    def accept(self) -> None:
+        """Tell the opener that our local end is ready (see L{Multiplexer})."""
+        if not self.accepted and not self._close_sent:
+            self.accepted = True
+            self.mux.send(framing.Accept(self.channel_id, self._window))
+            self._flush()
+
+    def reset(self, reason: str) -> None:
+        """Fail the channel from this side: abort the local end, tell the peer."""
+        local, self.local = self.local, None
+        if local is not None:
+            local.abort(reason)
+        self.local_closed(error=reason)
+
+    # -- IPushProducer for the local sink ----------------------------------
+
+    def pauseProducing(self) -> None:
+        self._sink_paused = True
+
+    def resumeProducing(self) -> None:
+        self._sink_paused = False
+        self._grant()
+
+    def stopProducing(self) -> None:
+        self._sink_paused = True
+
+    # -- called by the multiplexer -----------------------------------------
+
+    def _on_accept(self, window: int) -> None:
+        self.accepted = True
+        self._credit += window
+        self._flush()
+
+    def _on_credit(self, increment: int) -> None:
+        self._credit += increment
+        self._flush()
+
+    def _on_data(self, payload: bytes) -> None:
+        if self._close_received or self._eof_received:
+            raise ProtocolError(f"DATA after EOF on channel {self.channel_id}")
+        if len(payload) > self._peer_may_send:
+            raise ProtocolError(
+                f"peer sent {len(payload)} bytes on channel {self.channel_id} "
+                f"with only {self._peer_may_send} bytes of credit"
+            )
+        self._peer_may_send -= len(payload)
+        self.bytes_in += len(payload)
+        if self.local is None:
+            return
+        self._unacknowledged += len(payload)
+        self.local.write(payload)
+        self._grant()
+
+    def _on_eof(self) -> None:
+        if self._eof_received:
+            raise ProtocolError(f"second EOF on channel {self.channel_id}")
+        self._eof_received = True
+        if self.local is not None:
+            self.local.write_eof()
+
+    def _on_close(self, code: int, reason: str) -> None:
+        self._close_received = True
+        self.close_reason = reason
+        local, self.local = self.local, None
+        if local is not None:
+            if code == framing.CLOSE_DONE:
+                local.close()
+            else:
+                local.abort(reason or "the peer reset the channel")
+        # Our local end can no longer deliver anything to a closed peer.
+        self._pending.clear()
+        if not self._close_sent:
+            if code == framing.CLOSE_DONE:
+                self._close_wanted = (framing.CLOSE_DONE, "")
+            else:
+                self._close_wanted = (framing.CLOSE_ERROR, reason)
+            self._eof_wanted = self._eof_wanted or code == framing.CLOSE_DONE
+            self._flush()
+
+    def _tunnel_lost(self, reason: str) -> None:
+        self._close_received = self._close_sent = True
+        self._pending.clear()
+        local, self.local = self.local, None
+        if local is not None:
+            local.abort(reason)
+
+    # -- internals ---------------------------------------------------------
+
+    def _grant(self) -> None:
+        # Credit in batches of a quarter window: the peer still has at least
+        # three quarters in hand, so it never waits on a small grant.
+        if self._sink_paused or self._close_sent or self._close_received:
+            return
+        if self._unacknowledged and (
+            self._unacknowledged >= self._window // 4 or self._peer_may_send == 0
+        ):
+            increment, self._unacknowledged = self._unacknowledged, 0
+            self._peer_may_send += increment
+            self.mux.send(framing.Credit(self.channel_id, increment))
+
+    def _flush(self) -> None:
+        if self._close_sent:
+            return
+        send = self.mux.send
+        while self._pending and self._credit > 0 and self.accepted:
+            chunk = self._pending.popleft()
+            size = min(len(chunk), self._credit, MAX_DATA)
+            if size < len(chunk):
+                self._pending.appendleft(chunk[size:])
+                chunk = chunk[:size]
+            self._credit -= size
+            self.bytes_out += size
+            send(framing.Data(self.channel_id, chunk))
+        if not self._pending and self._close_wanted is not None and (
+            self._close_wanted[0] == framing.CLOSE_ERROR or not self.accepted
+        ):
+            # A failure (or a channel that never got going) needs no EOF.
+            self._send_close()
+            return
+        if not self._pending and self._eof_wanted and not self._eof_sent:
+            if self.accepted or self._close_received:
+                self._eof_sent = True
+                send(framing.Eof(self.channel_id))
+        if not self._pending and self._eof_sent and self._close_wanted is not None:
+            self._send_close()
+            return
+        self._update_source()
+
+    def _send_close(self) -> None:
+        code, reason = self._close_wanted
+        self._close_sent = True
+        self._pending.clear()
+        if not self.close_reason:
+            self.close_reason = reason
+        self.mux.send(framing.Close(self.channel_id, code, reason))
+        if code != framing.CLOSE_DONE and self.local is not None:
+            local, self.local = self.local, None
+            local.abort(reason)
+        self.mux._channel_maybe_finished(self)
+
+    def _update_source(self) -> None:
+        if self.local is None:
+            return
+        should_pause = (
+            self.mux.paused or bool(self._pending) or self._credit <= 0 or not self.accepted
+        )
+        if should_pause and not self._source_paused:
+            self._source_paused = True
+            self.local.pause_reading()
+        elif not should_pause and self._source_paused:
+            self._source_paused = False
+            self.local.resume_reading()
+
+
+@implementer(IPushProducer)
+class Multiplexer:
+    """
+    The channel table of one tunnel.
+
+    @param send_bytes: sends one encoded message as a binary WebSocket message.
+    @param is_server: the server opens even channel ids, the client odd ones.
+    @param accept_channel: called with each L{Channel} the peer opens; it
+        attaches a local end and calls L{Channel.accept}, or L{Channel.reset}.
+        C{None} refuses every channel the peer opens.
+    @param on_control: called with the body of each CONTROL message.
+    @param on_pong: called with the payload of each PONG.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        send_bytes: Callable[[bytes], None],
+        *,
+        is_server: bool,
+        accept_channel: Callable[[Channel], None] | None = None,
+        on_control: Callable[[dict], None] | None = None,
+        on_pong: Callable[[bytes], None] | None = None,
+        window: int = DEFAULT_WINDOW,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
+        name: str = "",
+    ):
+        self._send_bytes = send_bytes
+        self._accept_channel = accept_channel
+        self._on_control = on_control
+        self._on_pong = on_pong
+        self.window = window
+        self.max_channels = max_channels
+        self.name = name
+        self.channels: dict[int, Channel] = {}
+        self._next_id = 2 if is_server else 1
+        self._own_parity = self._next_id % 2
+        self.paused = False
+        self.lost = False
+        self.channels_opened = 0
+
+    def send(self, message: framing.Message) -> None:
+        """Encode and send one message, unless the tunnel is gone."""
+        if not self.lost:
+            self._send_bytes(framing.encode(message))
+
+    def open_channel(self, metadata: dict | None = None) -> Channel:
+        """Open a channel to the peer; it carries data once the peer accepts."""
+        if self.lost:
+            raise ProtocolError("the tunnel is closed")
+        channel_id = self._next_id
+        self._next_id += 2
+        channel = Channel(self, channel_id, self.window, metadata or {})
+        self.channels[channel_id] = channel
+        self.channels_opened += 1
+        self.send(framing.Open(channel_id, self.window, metadata or {}))
+        return channel
+
+    def message_received(self, payload: bytes) -> None:
+        """
+        Handle one binary WebSocket message.
+
+        Problems confined to one channel reset that channel and are logged;
+        a message that cannot be decoded at all raises L{ProtocolError}, and
+        the caller closes the tunnel.
+        """
+        try:
+            message = framing.decode(payload)
+        except framing.UnknownMessageType as e:
+            # A newer peer may send messages we don't know; they are optional.
+            self.log.warn("ignoring {error} from {client_name}", error=str(e), client_name=self.name)
+            return
+        if isinstance(message, framing.Ping):
+            self.send(framing.Pong(message.payload))
+        elif isinstance(message, framing.Pong):
+            if self._on_pong is not None:
+                self._on_pong(message.payload)
+        elif isinstance(message, framing.Control):
+            if self._on_control is not None:
+                self._on_control(message.body)
+        elif isinstance(message, framing.Open):
+            self._peer_opened(message)
+        else:
+            self._channel_message(message)
+
+    def _peer_opened(self, message: framing.Open) -> None:
+        cid = message.channel_id
+        if cid % 2 == self._own_parity or cid in self.channels:
+            raise ProtocolError(f"peer opened channel {cid}, which is not its to open")
+        channel = Channel(self, cid, self.window, message.metadata)
+        channel._credit = message.window
+        self.channels[cid] = channel
+        self.channels_opened += 1
+        if self._accept_channel is None:
+            channel.reset("this side accepts no channels")
+        elif len(self.channels) > self.max_channels:
+            channel.reset(f"too many channels: at most {self.max_channels} at once")
+        else:
+            try:
+                self._accept_channel(channel)
+            except Exception as e:
+                self.log.failure("could not accept channel {channel_id}", channel_id=cid)
+                channel.reset(f"could not open the channel: {e}")
+
+    def _channel_message(self, message: framing.Message) -> None:
+        channel = self.channels.get(message.channel_id)
+        if channel is None:
+            if isinstance(message, framing.Close):
+                return
+            self.log.warn(
+                "message for unknown channel {channel_id} from {client_name}: {message_type}",
+                channel_id=message.channel_id,
+                client_name=self.name,
+                message_type=type(message).__name__,
+            )
+            self.send(framing.Close(message.channel_id, framing.CLOSE_ERROR, "unknown channel"))
+            return
+        try:
+            match message:
+                case framing.Data(_, payload):
+                    channel._on_data(payload)
+                case framing.Credit(_, increment):
+                    channel._on_credit(increment)
+                case framing.Accept(_, window):
+                    channel._on_accept(window)
+                case framing.Eof():
+                    channel._on_eof()
+                case framing.Close(_, code, reason):
+                    channel._on_close(code, reason)
+                    self._channel_maybe_finished(channel)
+        except ProtocolError as e:
+            self.log.warn(
+                "resetting channel {channel_id} of {client_name}: {error}",
+                channel_id=channel.channel_id,
+                client_name=self.name,
+                error=str(e),
+            )
+            channel.reset(str(e))
+
+    def _channel_maybe_finished(self, channel: Channel) -> None:
+        if channel.finished and self.channels.get(channel.channel_id) is channel:
+            del self.channels[channel.channel_id]
+
+    def tunnel_lost(self, reason: str) -> None:
+        """The WebSocket is gone: every channel fails."""
+        self.lost = True
+        channels, self.channels = self.channels, {}
+        for channel in channels.values():
+            channel._tunnel_lost(reason)
+
+    # -- IPushProducer for the WebSocket transport --------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for channel in list(self.channels.values()):
+            channel._update_source()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for channel in list(self.channels.values()):
+            channel._update_source()
+
+    def stopProducing(self) -> None:
+        self.pauseProducing()

@@ -1,0 +1,305 @@
+"""
+A throwaway bpctunnel installation in one folder: a CA, a server
+certificate, a BackupPC-style config folder, client bundles and rsyncd.conf
+files; and helpers that start a server and clients in the running reactor.
+
+Used by C{bpctunnel demo} and by the end-to-end tests, so both exercise the
+same real parts (real TLS, real sockets on 127.0.0.1, real rsync).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import SSL4ServerEndpoint
+
+from bpctunnel import pki
+from bpctunnel.client import TunnelClientFactory, make_client_service
+from bpctunnel.client_config import ClientConfig, load_client_config
+from bpctunnel.server import ServerSettings, TunnelServerFactory
+from bpctunnel.tls import server_tls_options
+
+HOSTS_HEADER = "host        dhcp    user    moreUsers\n"
+
+#: BackupPC's rsyncd transfer refuses an empty RsyncdPasswd even when the
+#: daemon asks for none; the tunnel's TLS does the authentication.
+RSYNCD_PASSWD_PLACEHOLDER = "unused-bpctunnel-authenticates-with-tls"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for RsyncdClientPort)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def host_config_text(fingerprint: str | None, port: int | None, shares=("docs",)) -> str:
+    """A host config as C{register-client} writes it."""
+    lines = [
+        "$Conf{XferMethod} = 'rsyncd';",
+        "$Conf{ClientNameAlias} = ['127.0.0.1'];",
+        f"$Conf{{RsyncdPasswd}} = '{RSYNCD_PASSWD_PLACEHOLDER}';",
+        "$Conf{RsyncShareName} = [" + ", ".join(f"'{s}'" for s in shares) + "];",
+    ]
+    if port is not None:
+        lines.append(f"$Conf{{RsyncdClientPort}} = {port};")
+    if fingerprint is not None:
+        lines.append(f"$Conf{{ClientComment}} = 'TunnelCert:sha256:{fingerprint}';")
+    return "\n".join(lines) + "\n"
+
+
+def rsyncd_conf_text(modules: dict[str, Path], writable: tuple[str, ...] = ()) -> str:
+    """An rsyncd.conf for running as an ordinary user over stdin/stdout."""
+    out = ["use chroot = no", "log file = /dev/null", ""]
+    for name, path in modules.items():
+        out += [
+            f"[{name}]",
+            f"    path = {path}",
+            f"    read only = {'no' if name in writable else 'yes'}",
+            "",
+        ]
+    return "\n".join(out)
+
+
+@attrs.frozen
+class ClientFiles:
+    """One client's certificate bundle."""
+
+    host: str
+    ca: Path
+    cert: Path
+    key: Path
+    fingerprint: str
+
+
+@attrs.define
+class Sandbox:
+    """A CA, server certificate and BackupPC config folder under C{root}."""
+
+    root: Path
+    ca: pki.CertAndKey
+    server_name: str = "127.0.0.1"
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.root / "backuppc"
+
+    @classmethod
+    def create(cls, root: Path, server_name: str = "127.0.0.1") -> Sandbox:
+        """Make the CA, the server's certificate and an empty BackupPC config."""
+        root = Path(root)
+        sandbox = cls(root, pki.make_ca("bpctunnel sandbox CA"), server_name)
+        sandbox.certs_dir.mkdir(parents=True, exist_ok=True)
+        (sandbox.conf_dir / "pc").mkdir(parents=True, exist_ok=True)
+        server = pki.make_server_cert(sandbox.ca, server_name)
+        pki.write_public(sandbox.certs_dir / "ca.crt", sandbox.ca.cert_pem)
+        pki.write_public(sandbox.certs_dir / "server.crt", server.cert_pem)
+        pki.write_private(sandbox.certs_dir / "server.key", server.key_pem)
+        (sandbox.conf_dir / "hosts").write_text(HOSTS_HEADER + "localhost   0       backuppc\n")
+        return sandbox
+
+    def issue_client(self, host: str, ca: pki.CertAndKey | None = None) -> ClientFiles:
+        """
+        A client certificate for C{host} (from another CA if C{ca} is given),
+        in a folder of its own so that several bundles for one host can exist.
+        """
+        folder = self.root / "clients" / host
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = self.root / "clients" / f"{host}-{n}"
+        folder.mkdir(parents=True)
+        issuer = ca or self.ca
+        bundle = pki.make_client_cert(issuer, host)
+        files = ClientFiles(host, folder / "ca.crt", folder / f"{host}.crt", folder / f"{host}.key",
+                            pki.fingerprint_sha256(bundle.cert_pem))
+        pki.write_public(files.ca, self.ca.cert_pem)
+        pki.write_public(files.cert, bundle.cert_pem)
+        pki.write_private(files.key, bundle.key_pem)
+        return files
+
+    def register(self, host: str, port: int | None, fingerprint: str | None,
+                 in_hosts: bool = True, shares=("docs",)) -> Path:
+        """Add C{host} to the hosts file and write its host config."""
+        if in_hosts:
+            with (self.conf_dir / "hosts").open("a") as f:
+                f.write(f"{host}   0       backuppc\n")
+        path = self.conf_dir / f"{host}.pl"
+        path.write_text(host_config_text(fingerprint, port, shares))
+        return path
+
+    def write_client_config(self, files: ClientFiles, server_url: str,
+                            modules: dict[str, Path], rsync: str = "rsync") -> Path:
+        """The client's INI file and rsyncd.conf, next to its certificate."""
+        folder = files.cert.parent
+        (folder / "rsyncd.conf").write_text(rsyncd_conf_text(modules))
+        path = folder / f"{files.host}.conf"
+        path.write_text(
+            "[bpctunnel]\n"
+            f"server = {server_url}\n"
+            f"ca = {files.ca.name}\n"
+            f"cert = {files.cert.name}\n"
+            f"key = {files.key.name}\n"
+            "rsyncd_conf = rsyncd.conf\n"
+            f"rsync = {rsync}\n"
+        )
+        return path
+
+
+@attrs.define
+class RunningServer:
+    """A tunnel server listening in this process."""
+
+    factory: TunnelServerFactory
+    port: object
+
+    @property
+    def url(self) -> str:
+        address = self.port.getHost()
+        return f"wss://{address.host}:{address.port}/tunnel"
+
+    def stop(self) -> Deferred:
+        for tunnel in self.factory.registry:
+            tunnel.dropConnection(abort=True)
+        return self.port.stopListening()
+
+
+def start_server(reactor, sandbox: Sandbox, interface: str = "127.0.0.1") -> Deferred:
+    """Listen on C{interface}, port 0; fires with a L{RunningServer}."""
+    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=sandbox.conf_dir))
+    endpoint = SSL4ServerEndpoint(reactor, 0, server_tls_options(sandbox.certs_dir),
+                                  interface=interface)
+    return endpoint.listen(factory).addCallback(lambda port: RunningServer(factory, port))
+
+
+class TunnelEvents:
+    """
+    Turns a client factory's open/closed events into Deferreds, for code
+    that waits for "the tunnel is up" or "the client was refused".
+    """
+
+    def __init__(self, factory: TunnelClientFactory, clock):
+        self.clock = clock
+        self.history: list[tuple[str, object]] = []
+        self._waiting: list[tuple[str, Deferred]] = []
+        factory.observers.append(self._event)
+
+    def _event(self, kind: str, protocol, detail) -> None:
+        self.history.append((kind, detail))
+        waiting, self._waiting = self._waiting, []
+        for wanted, d in waiting:
+            if wanted == kind:
+                # On the next turn: waiters must not run inside the protocol's
+                # (or ClientService's) own callbacks.
+                self.clock.callLater(0, d.callback, detail if kind == "closed" else protocol)
+            else:
+                self._waiting.append((wanted, d))
+
+    def next(self, kind: str) -> Deferred:
+        """Fires at the next C{kind} event ("open" or "closed")."""
+        d = Deferred()
+        self._waiting.append((kind, d))
+        return d
+
+
+@attrs.define
+class RunningClient:
+    """A tunnel client running in this process."""
+
+    config: ClientConfig
+    service: object
+    factory: TunnelClientFactory
+    events: TunnelEvents
+    clock: object
+
+    def stop(self) -> Deferred:
+        """
+        Stop the client (once; later calls do nothing).  Fires on a later
+        reactor turn, so that whoever waits may stop it again or start anew
+        without re-entering ClientService's state machine.
+        """
+        if not self.service.running:
+            return succeed(None)
+        d = Deferred()
+        self.service.stopService().addBoth(lambda r: self.clock.callLater(0, d.callback, None))
+        return d
+
+
+def start_client(reactor, config_path: Path) -> RunningClient:
+    """Start a client from its INI file; wait on C{.events.next("open")}."""
+    config = load_client_config(config_path)
+    factory = TunnelClientFactory(reactor, config)
+    events = TunnelEvents(factory, reactor)
+    service = make_client_service(reactor, config, factory)
+    service.startService()
+    return RunningClient(config, service, factory, events, reactor)
+
+
+def tree_digest(root: Path) -> dict[str, tuple]:
+    """
+    Every entry below C{root}: relative path -> (kind, content digest or link
+    target, mode bits), for comparing a copied tree with its source.
+    """
+    import hashlib
+    import os
+    import stat
+
+    result = {}
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                result[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                result[rel] = ("dir",)
+            else:
+                digest = hashlib.sha256()
+                with path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                result[rel] = ("file", st.st_size, digest.hexdigest())
+    return result
+
+
+def make_sample_tree(root: Path, large_file_bytes: int = 0, seed: int = 1) -> Path:
+    """
+    A tree with nested folders, empty files, odd names (spaces, UTF-8,
+    quotes, a leading dash) and optionally one large file of random bytes.
+    """
+    import random
+
+    root = Path(root)
+    rng = random.Random(seed)
+    (root / "a" / "b" / "c").mkdir(parents=True, exist_ok=True)
+    (root / "empty dir").mkdir(exist_ok=True)
+    files = {
+        "readme.txt": b"hello through the tunnel\n",
+        "a/notes.md": b"# notes\n" * 100,
+        "a/b/c/deep.bin": rng.randbytes(70_000),
+        "a/b/empty": b"",
+        "name with spaces.txt": b"spaces\n",
+        "Grüße – ünïcödé ✓.txt": "UTF-8 name\n".encode(),
+        "quote's \"double\".txt": b"quotes\n",
+        "-leading-dash": b"dash\n",
+        "empty": b"",
+    }
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+    if large_file_bytes:
+        with (root / "large.bin").open("wb") as f:
+            left = large_file_bytes
+            while left:
+                n = min(left, 1 << 22)
+                f.write(rng.randbytes(n))
+                left -= n
+    return root

@@ -1,0 +1,61 @@
+"""
+twistd plugin for the tunnel client: C{twistd -n bpctunnel-client --config FILE}.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from bpctunnel.client import client_tls, make_client_service
+from bpctunnel.client_config import load_client_config
+from bpctunnel.errors import BpcTunnelError
+
+LONGDESC = """\
+Keeps one outbound WebSocket (mutual TLS) to the bpctunnel server up, and for
+each connection BackupPC makes through it runs
+    rsync --server --daemon --config=RSYNCD_CONF .
+No port is opened on this machine.  FILE is an INI file:
+
+    [bpctunnel]
+    server = wss://backup.example.org:8443/tunnel
+    ca = ca.crt
+    cert = laptop1.crt
+    key = laptop1.key
+    rsyncd_conf = rsyncd.conf
+    rsync = rsync          (optional)
+
+Relative paths are relative to FILE's folder; the options below override it.
+"""
+
+
+class Options(usage.Options):
+    """Command-line options of C{twistd bpctunnel-client}."""
+
+    longdesc = LONGDESC
+    optParameters = [
+        ["config", "f", None, "The client's INI file."],
+        ["server", None, None, "wss:// URL of the server (overrides the file)."],
+        ["ca", None, None, "CA certificate that signed the server's certificate."],
+        ["cert", None, None, "This client's certificate (its CN is the BackupPC host name)."],
+        ["key", None, None, "This client's private key."],
+        ["rsyncd-conf", None, None, "rsyncd.conf with the modules BackupPC may read."],
+        ["rsync", None, None, "The rsync binary (default: rsync on PATH)."],
+    ]
+
+    def postOptions(self) -> None:
+        overrides = {
+            key: self[key.replace("_", "-")]
+            for key in ("server", "ca", "cert", "key", "rsyncd_conf", "rsync")
+        }
+        try:
+            self["client_config"] = load_client_config(self["config"], overrides)
+            self["tls"] = client_tls(self["client_config"])
+        except BpcTunnelError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options, reactor=None):
+    """Build the client's service from parsed L{Options}."""
+    if reactor is None:
+        from twisted.internet import reactor
+    return make_client_service(reactor, options["client_config"], tls=options["tls"])
