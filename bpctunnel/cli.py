@@ -33,11 +33,14 @@ class Options(usage.Options):
     subCommands = [
         ["demo", None, DemoOptions, "Run the whole tunnel on this machine and show it works."],
     ]
-    optFlags = [["version", "V", "Print the version and exit."]]
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"bpctunnel {bpctunnel.__version__}")
+        sys.exit(0)
+
+    opt_V = opt_version
 
     def postOptions(self) -> None:
-        if self["version"]:
-            return
         if self.subCommand is None:
             raise usage.UsageError("name a command; see bpctunnel --help")
 
@@ -50,9 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     except usage.UsageError as e:
         print(f"bpctunnel: {e}", file=sys.stderr)
         sys.exit(2)
-    if options["version"]:
-        print(f"bpctunnel {bpctunnel.__version__}")
-        return
     if options.subCommand == "demo":
         from twisted.internet import task
 

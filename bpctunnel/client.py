@@ -35,6 +35,7 @@ ADVICE = {
         "this laptop's old connection"
     ),
     "port unavailable": "the server cannot open this host's port; retrying",
+    "unsupported protocol version": "install the bpctunnel version the server runs",
 }
 
 
@@ -81,7 +82,8 @@ def advice_for(refusal: str) -> str:
 class TunnelClientProtocol(WebSocketClientProtocol):
     """The client's side of one tunnel."""
 
-    log = Logger()
+    # Autobahn keeps its own (txaio) logger in self._log.
+    _log = Logger()
     mux: Multiplexer | None = None
 
     def onConnect(self, response) -> None:
@@ -100,7 +102,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         )
         self.registerProducer(self.mux, True)
         self.factory.current = self
-        self.log.info("tunnel up to {url}", url=self.factory.config.server)
+        self._log.info("tunnel up to {url}", url=self.factory.config.server)
         self.factory.tunnel_opened(self)
 
     def _send_message(self, payload: bytes) -> None:
@@ -123,28 +125,28 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                 raise ProtocolError("the server sent a text message")
             self.mux.message_received(payload)
         except ProtocolError as e:
-            self.log.warn("closing the tunnel: protocol error: {error}", error=str(e))
+            self._log.warn("closing the tunnel: protocol error: {error}", error=str(e))
             self.sendClose(code=framing.WS_CLOSE_PROTOCOL_ERROR, reason=f"protocol error: {e}"[:120])
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         refusal = refusal_from_close_reason(reason)
         if refusal is not None:
             status, text = refusal
-            self.log.error(
+            self._log.error(
                 "refused by server: {refusal}; {advice}",
                 refusal=text,
                 advice=advice_for(text),
                 http_status=status,
             )
         elif tls_advice(reason) is not None:
-            self.log.error("TLS with {url} failed: {reason}; {advice}", url=self.factory.config.server,
+            self._log.error("TLS with {url} failed: {reason}; {advice}", url=self.factory.config.server,
                            reason=reason, advice=tls_advice(reason))
         elif self.mux is not None:
-            emit = self.log.info if wasClean else self.log.warn
+            emit = self._log.info if wasClean else self._log.warn
             emit("tunnel to {url} closed: {reason}", url=self.factory.config.server,
                  reason=reason or f"code {code}")
         else:
-            self.log.warn("could not open the tunnel to {url}: {reason}",
+            self._log.warn("could not open the tunnel to {url}: {reason}",
                           url=self.factory.config.server, reason=reason or f"code {code}")
         if self.mux is not None:
             self.mux.tunnel_lost(f"the tunnel closed: {reason}")

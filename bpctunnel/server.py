@@ -171,7 +171,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     the HTTP error of the handshake, whose reason phrase the client prints.
     """
 
-    log = Logger()
+    # Autobahn keeps its own (txaio) logger in self._log.
+    _log = Logger()
 
     host: str | None = None
     settings: TunnelSettings | None = None
@@ -183,10 +184,10 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     def onConnect(self, request):
         self.peer_address = _peer_of(self.transport)
         if request.path != TUNNEL_PATH:
-            raise ConnectionDeny(404, f"no tunnel at {request.path}; the path is {TUNNEL_PATH}")
+            self._deny(404, f"no tunnel at {request.path[:100]}; the path is {TUNNEL_PATH}")
         if framing.SUBPROTOCOL not in request.protocols:
-            offered = ", ".join(request.protocols) or "none"
-            raise ConnectionDeny(
+            offered = ", ".join(request.protocols)[:100] or "none"
+            self._deny(
                 426,
                 f"unsupported protocol version: the client offers {offered}, this server "
                 f"speaks {framing.SUBPROTOCOL}; install the same bpctunnel version on both",
@@ -194,6 +195,10 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         return maybeDeferred(self._authorize).addCallbacks(
             lambda _: framing.SUBPROTOCOL, self._refuse
         )
+
+    def _deny(self, status: int, reason: str):
+        self._log.warn("refused {peer}: {reason}", peer=self.peer_address, reason=reason)
+        raise ConnectionDeny(status, _reason_phrase(reason))
 
     def _authorize(self) -> Deferred:
         der = peer_certificate_der(self.transport)
@@ -226,7 +231,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     def _refuse(self, failure):
         if failure.check(Refused):
             error = failure.value
-            self.log.warn(
+            self._log.warn(
                 "refused {client_name} from {peer}: {reason}",
                 client_name=error.host,
                 peer=self.peer_address,
@@ -235,19 +240,19 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             )
             raise ConnectionDeny(error.http_status, _reason_phrase(str(error)))
         if failure.check(BpcTunnelError):
-            self.log.error(
+            self._log.error(
                 "cannot serve {peer}: {error}", peer=self.peer_address, error=failure.getErrorMessage()
             )
             raise ConnectionDeny(
                 503, "server configuration error; the BackupPC admin must check the server log"
             )
-        self.log.failure("unexpected error authorizing {peer}", failure, peer=self.peer_address)
+        self._log.failure("unexpected error authorizing {peer}", failure, peer=self.peer_address)
         raise ConnectionDeny(500, "internal server error; see the server log")
 
     def onOpen(self) -> None:
         self.registerProducer(self.mux, True)
         self.factory.notify("up", self)
-        self.log.info(
+        self._log.info(
             "tunnel up for {client_name} from {peer}, listening on 127.0.0.1:{port}",
             client_name=self.host,
             peer=self.peer_address,
@@ -272,7 +277,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             self._protocol_error(str(e))
 
     def _protocol_error(self, what: str) -> None:
-        self.log.warn(
+        self._log.warn(
             "closing the tunnel of {client_name}: protocol error: {error}",
             client_name=self.host,
             error=what,
@@ -281,7 +286,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         if self.host is not None and self.mux is not None:
-            self.log.info(
+            self._log.info(
                 "tunnel of {client_name} closed: {reason}",
                 client_name=self.host,
                 reason=reason or f"code {code}",
@@ -291,7 +296,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason) -> None:
         if self.host is None and reason.check(SSL.Error):
             # The client never got past TLS: say why, for the admin.
-            self.log.warn(
+            self._log.warn(
                 "TLS handshake with {peer} failed: {error}",
                 peer=_peer_of(self.transport),
                 error=tls_error_text(reason.value),
@@ -374,6 +379,8 @@ class TunnelServerFactory(WebSocketServerFactory):
             maxFramePayloadSize=1024 * 1024,
             maxMessagePayloadSize=1024 * 1024,
             openHandshakeTimeout=30,
+            # No HTML status page for plain HTTP requests: nothing to see here.
+            webStatus=False,
         )
 
     def notify(self, event: str, tunnel: TunnelServerProtocol) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 
 #: Upper bound for any single wait in the end-to-end tests.
@@ -63,3 +66,79 @@ def temp_dir(testcase) -> Path:
 def tcp_connect(port: int) -> Deferred:
     """Connect to 127.0.0.1:port; fires with the protocol or fails (e.g. refused)."""
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), Protocol())
+
+
+class RunningProcess(ProcessProtocol):
+    """
+    A child process whose output (stdout and stderr together) is kept, with
+    Deferreds for "a line containing these words appeared" and "it ended".
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.ended = Deferred()
+        self.exit_code = None
+        self._waiting: list[tuple[bytes, Deferred]] = []
+
+    def childDataReceived(self, fd, data):
+        self.output += data
+        waiting, self._waiting = self._waiting, []
+        for words, d in waiting:
+            if words in self.output:
+                d.callback(self.text)
+            else:
+                self._waiting.append((words, d))
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+    def wait_for(self, words: str) -> Deferred:
+        """Fires with all output so far once it contains C{words}."""
+        d = Deferred()
+        if words.encode() in self.output:
+            d.callback(self.text)
+        else:
+            self._waiting.append((words.encode(), d))
+        return d.addTimeout(TIMEOUT, reactor)
+
+    def processEnded(self, reason):
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        waiting, self._waiting = self._waiting, []
+        for _, d in waiting:
+            d.errback(AssertionError(f"process ended without printing that; output:\n{self.text}"))
+        self.ended.callback(self.exit_code)
+
+    def stop(self, signal="TERM") -> Deferred:
+        """Signal the process (if still running); fires with its exit code."""
+        if self.exit_code is None and not self.ended.called:
+            try:
+                self.transport.signalProcess(signal)
+            except ProcessExitedAlready:
+                pass
+        d = Deferred()
+        self.ended.addBoth(lambda r: (d.callback(r), r)[1])
+        return d.addTimeout(TIMEOUT, reactor)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(testcase, argv: list[str], cwd: Path | None = None) -> RunningProcess:
+    """
+    Start C{argv} with our Python's environment, the project on PYTHONPATH (so
+    twistd finds our plugins), and kill it at the end of the test.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    process = RunningProcess()
+    reactor.spawnProcess(process, argv[0], argv, env=env, path=str(cwd) if cwd else None)
+    testcase.addCleanup(process.stop, "KILL")
+    return process
+
+
+def twistd(testcase, *args: str, cwd: Path | None = None) -> RunningProcess:
+    """Run C{twistd --nodaemon --pidfile= --logfile=- ARGS} with our Python."""
+    return spawn(testcase, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                            "--nodaemon", "--pidfile=", "--logfile=-", *args], cwd=cwd)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
@@ -45,14 +45,17 @@ class TunnelTestCase(TestCase):
         self.server.factory.observers.append(lambda event, tunnel: self.server_events.append(
             (event, tunnel.host)))
 
-    def add_client(self, host, modules, port=None, register=True, files=None):
+    def add_client(self, host, modules, port=None, register=True, files=None, url=None,
+                   protocols=None):
         """Register C{host} (unless told not to) and start its client."""
         files = files or self.sandbox.issue_client(host)
         port = port if port is not None else free_port()
         if register:
             self.sandbox.register(host, port, files.fingerprint)
-        config = self.sandbox.write_client_config(files, self.server.url, modules, self.rsync)
+        config = self.sandbox.write_client_config(files, url or self.server.url, modules, self.rsync)
         client = start_client(reactor, config)
+        if protocols is not None:
+            client.factory.protocols = protocols  # before the reactor runs the connection
         self.addCleanup(client.stop)
         return client, port, files
 
@@ -145,13 +148,13 @@ class RefusalTests(TunnelTestCase):
     """Acceptance 2: each refusal reads the same on the client and in the server log."""
 
     @inlineCallbacks
-    def assertRefused(self, host, words, **kwargs):
+    def assertRefused(self, host, words, server_words=None, **kwargs):
         client, _, _ = self.add_client(host, {"m": self.root}, **kwargs)
         detail = yield client.events.next("closed").addTimeout(TIMEOUT, reactor)
         yield client.stop()
         self.assertTrue(detail.startswith(words), detail)
         client_line = yield self.logs.wait_for(f"refused by server: {words}")
-        server_line = yield self.logs.wait_for(f"refused {host} from 127.0.0.1:")
+        server_line = yield self.logs.wait_for(server_words or f"refused {host} from 127.0.0.1:")
         self.assertIn(words, server_line)
         # The server goes on serving others.
         good = make_sample_tree(self.root / f"good-{host}")
@@ -206,6 +209,65 @@ class RefusalTests(TunnelTestCase):
         port = holder.getHost().port
         line = yield self.assertRefused("laptop1", "port unavailable for laptop1", port=port)
         self.assertIn(f"127.0.0.1:{port}", line)
+
+    @inlineCallbacks
+    def test_refused_client_retries_and_gets_in(self):
+        """
+        A refused client keeps retrying; once the admin adds the host (no
+        server restart: the config is read for every new tunnel) it gets in.
+        """
+        files = self.sandbox.issue_client("newlaptop")
+        client, port, _ = self.add_client("newlaptop", {"m": self.root}, register=False, files=files)
+        detail = yield client.events.next("closed").addTimeout(TIMEOUT, reactor)
+        self.assertTrue(detail.startswith("unknown host for newlaptop"), detail)
+        self.sandbox.register("newlaptop", port, files.fingerprint)
+        yield client.events.next("open").addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self.server_events, [("up", "newlaptop")])
+
+    @inlineCallbacks
+    def test_other_protocol_version(self):
+        """A client speaking another protocol version is told to upgrade."""
+        line = yield self.assertRefused(
+            "laptop1", "unsupported protocol version: the client offers bpctunnel.v99",
+            protocols=["bpctunnel.v99"], server_words="refused 127.0.0.1:")
+        self.assertIn("install the bpctunnel version the server runs", line)
+
+    @inlineCallbacks
+    def test_wrong_path(self):
+        """Only /tunnel is a tunnel; another path gets an HTTP error with the right path."""
+        yield self.assertRefused("laptop1", "no tunnel at /other; the path is /tunnel",
+                                 url=self.server.url.replace("/tunnel", "/other"),
+                                 server_words="refused 127.0.0.1:")
+
+    @inlineCallbacks
+    def test_plain_http_request(self):
+        """A plain HTTP request (with a valid certificate) gets an HTTP error, no crash."""
+        from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+
+        from bpctunnel.tls import client_tls_options
+
+        files = self.sandbox.issue_client("laptop1")
+        received = []
+        done = Deferred()
+
+        class Http(Protocol):
+            def connectionMade(self):
+                self.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+            def dataReceived(self, data):
+                received.append(data)
+
+            def connectionLost(self, reason):
+                done.callback(None)
+
+        address = self.server.port.getHost()
+        tls = client_tls_options("127.0.0.1", files.ca, files.cert, files.key)
+        yield connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", address.port, tls), Http())
+        yield done.addTimeout(TIMEOUT, reactor)
+        self.assertRegex(b"".join(received).decode(), r"^HTTP/1.1 4\d\d ")
+        good = make_sample_tree(self.root / "good")
+        _, port, _ = yield self.connected_client("good", {"m": good})
+        yield self.pull_and_compare(port, "m", good)
 
     @inlineCallbacks
     def test_certificate_from_another_ca(self):
