@@ -1,0 +1,241 @@
+"""
+The two local ends of a channel, without sockets or processes: the rsync
+ProcessProtocol (client) and BackupPC's TCP connection (server).
+"""
+
+from twisted.internet.error import ConnectionDone, ConnectionLost, ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.logger import globalLogPublisher, formatEvent
+
+from bpctunnel import framing
+from bpctunnel.mux import Multiplexer
+from bpctunnel.rsync_bridge import KILL_GRACE, RsyncLauncher, RsyncProcessProtocol, rsync_argv
+from bpctunnel.server import LocalConnectionProtocol
+from tests.test_mux import Wire
+
+
+class FakeProcessTransport:
+    """What RsyncProcessProtocol uses of a process transport."""
+
+    pid = 4242
+
+    def __init__(self):
+        self.written = bytearray()
+        self.stdin_closed = False
+        self.signals = []
+        self.paused = False
+        self.producer = None
+
+    def write(self, data):
+        self.written += data
+
+    def closeStdin(self):
+        self.stdin_closed = True
+
+    def signalProcess(self, signal):
+        self.signals.append(signal)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+
+def collect_logs(testcase):
+    lines = []
+    observer = lambda event: lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observer)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
+    return lines
+
+
+class RsyncBridgeTests(SynchronousTestCase):
+    """RsyncProcessProtocol carries one channel to one rsync process."""
+
+    def setUp(self):
+        self.wire = Wire()
+        self.clock = MemoryReactorClock()
+        self.processes = []
+
+        def accept(channel):
+            protocol = RsyncProcessProtocol(channel, self.clock, "laptop1")
+            transport = FakeProcessTransport()
+            protocol.makeConnection(transport)
+            self.processes.append((protocol, transport))
+
+        self.wire.client._accept_channel = accept
+        self.server_channel = self.wire.server.open_channel()
+        from tests.test_mux import FakeLocalEnd
+
+        self.backuppc = FakeLocalEnd()
+        self.server_channel.attach(self.backuppc)
+        self.wire.pump()
+        self.rsync, self.transport = self.processes[0]
+
+    def test_argv(self):
+        """The only command ever run: rsync in daemon mode on stdin/stdout."""
+        self.assertEqual(rsync_argv("/usr/bin/rsync", "/etc/r.conf"),
+                         ["/usr/bin/rsync", "--server", "--daemon", "--config=/etc/r.conf", "."])
+
+    def test_bytes_both_ways_and_eof(self):
+        """stdout goes to BackupPC, BackupPC's bytes to stdin, EOF closes stdin."""
+        self.assertIs(self.transport.producer, self.rsync.channel)
+        self.server_channel.local_data(b"@RSYNCD: 31.0\n")
+        self.server_channel.local_eof()
+        self.rsync.childDataReceived(1, b"@RSYNCD: 31.0\n")
+        self.wire.pump()
+        self.assertEqual(bytes(self.transport.written), b"@RSYNCD: 31.0\n")
+        self.assertTrue(self.transport.stdin_closed)
+        self.assertEqual(bytes(self.backuppc.received), b"@RSYNCD: 31.0\n")
+
+    def test_stderr_logged_by_line(self):
+        """rsync's stderr goes to the log one line at a time."""
+        lines = collect_logs(self)
+        self.rsync.childDataReceived(2, b"rsync: chdir failed\nsecond ")
+        self.rsync.childDataReceived(2, b"line\n")
+        self.assertEqual([l for l in lines if "rsync[4242]" in l],
+                         ["rsync[4242] on channel 2: rsync: chdir failed",
+                          "rsync[4242] on channel 2: second line"])
+
+    def test_exit_with_status_is_clean_close(self):
+        """rsync reports errors in its own protocol: exit 23 still ends the stream cleanly."""
+        self.rsync.childDataReceived(1, b"tail")
+        self.rsync.childConnectionLost(1)
+        self.rsync.processEnded(Failure(ProcessTerminated(exitCode=23)))
+        self.wire.pump()
+        self.assertEqual(bytes(self.backuppc.received), b"tail")
+        self.assertTrue(self.backuppc.eof)
+        self.assertTrue(self.backuppc.closed)
+        self.assertIsNone(self.backuppc.aborted)
+
+    def test_killed_by_signal_aborts(self):
+        """rsync dying on a signal fails the channel: BackupPC's socket is aborted."""
+        self.rsync.processEnded(Failure(ProcessTerminated(signal=11)))
+        self.wire.pump()
+        self.assertEqual(self.backuppc.aborted, "rsync was killed by signal 11")
+
+    def test_backuppc_gone_kills_after_grace(self):
+        """When BackupPC closes, stdin closes, and rsync is killed if it lingers."""
+        self.server_channel.local_closed()
+        self.wire.pump()
+        self.assertTrue(self.transport.stdin_closed)
+        self.assertEqual(self.transport.signals, [])
+        self.clock.advance(KILL_GRACE)
+        self.assertEqual(self.transport.signals, ["KILL"])
+
+    def test_grace_timer_cancelled_on_exit(self):
+        """rsync that exits in time is not killed."""
+        self.server_channel.local_closed()
+        self.wire.pump()
+        self.rsync.processEnded(Failure(ProcessDone(0)))
+        self.clock.advance(KILL_GRACE)
+        self.assertEqual(self.transport.signals, [])
+
+    def test_tunnel_loss_kills(self):
+        """When the tunnel goes, rsync is killed at once."""
+        self.wire.client.tunnel_lost("gone")
+        self.assertEqual(self.transport.signals, ["KILL"])
+
+    def test_flow_control(self):
+        """A full stdin pipe pauses the channel's credit; stdout pauses at zero credit."""
+        self.rsync.channel.pauseProducing()
+        self.server_channel.local_data(b"x" * (self.wire.client.window + 10))
+        self.wire.pump()
+        self.assertEqual(len(self.transport.written), self.wire.client.window)
+        self.rsync.childDataReceived(1, b"y" * (self.wire.server.window + 1))
+        self.assertTrue(self.transport.paused)
+
+    def test_spawn_failure_resets_channel(self):
+        """A launcher that cannot start rsync resets the channel with the reason."""
+
+        class Reactor(MemoryReactorClock):
+            def spawnProcess(self, *args, **kwargs):
+                raise OSError(2, "No such file or directory")
+
+        wire = Wire()
+        wire.client._accept_channel = RsyncLauncher(Reactor(), "/nope/rsync", "/etc/r.conf")
+        channel = wire.server.open_channel()
+        from tests.test_mux import FakeLocalEnd
+
+        local = FakeLocalEnd()
+        channel.attach(local)
+        wire.pump()
+        self.assertIn("could not start /nope/rsync", local.aborted)
+
+
+class HalfCloseTransport(StringTransport):
+    """A StringTransport that records half-close and abort."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+    def abortConnection(self):
+        self.aborted = True
+        super().abortConnection()
+
+
+class LocalConnectionTests(SynchronousTestCase):
+    """BackupPC's TCP connection on the server, on a StringTransport."""
+
+    def setUp(self):
+        self.sent = []
+        tunnel = type("Tunnel", (), {})()
+        tunnel.host = "laptop1"
+        tunnel.mux = Multiplexer(self.sent.append, is_server=True, window=100)
+        self.mux = tunnel.mux
+        self.protocol = LocalConnectionProtocol(tunnel)
+        self.transport = HalfCloseTransport()
+        self.protocol.makeConnection(self.transport)
+        self.channel = self.protocol.channel
+
+    def messages(self):
+        return [framing.decode(m) for m in self.sent]
+
+    def test_paused_until_accepted(self):
+        """BackupPC is not read from until the client's rsync is running."""
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.messages()[0].channel_id, 2)
+        self.assertEqual(self.messages()[0].metadata["peer"].split(":")[0], "192.168.1.1")
+        self.mux.message_received(framing.encode(framing.Accept(2, 100)))
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_half_close_and_close(self):
+        """BackupPC's half-close becomes EOF; the peer's EOF half-closes our side."""
+        self.mux.message_received(framing.encode(framing.Accept(2, 100)))
+        self.protocol.dataReceived(b"hello")
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.messages()[1:], [framing.Data(2, b"hello"), framing.Eof(2)])
+        self.mux.message_received(framing.encode(framing.Data(2, b"reply")))
+        self.mux.message_received(framing.encode(framing.Eof(2)))
+        self.assertEqual(self.transport.value(), b"reply")
+        self.assertTrue(self.transport.write_closed)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_peer_failure_aborts(self):
+        """A failed channel aborts BackupPC's connection instead of closing it."""
+        self.assertFalse(self.transport.aborted)
+        self.mux.message_received(framing.encode(framing.Close(2, framing.CLOSE_ERROR, "boom")))
+        self.assertTrue(self.transport.aborted)
+
+    def test_reset_by_backuppc_is_error(self):
+        """A connection reset by BackupPC fails the channel; a clean close does not."""
+        self.mux.message_received(framing.encode(framing.Accept(2, 100)))
+        self.protocol.connectionLost(Failure(ConnectionLost("reset")))
+        close = self.messages()[-1]
+        self.assertEqual((close.code, close.reason.startswith("BackupPC's connection failed")),
+                         (framing.CLOSE_ERROR, True))
+
+    def test_clean_close(self):
+        """BackupPC closing normally ends the channel with EOF and a clean CLOSE."""
+        self.mux.message_received(framing.encode(framing.Accept(2, 100)))
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.messages()[-2:], [framing.Eof(2), framing.Close(2)])
