@@ -1,20 +1,65 @@
 """
 The C{bpctunnel} command: C{bpctunnel demo} and the admin tools.
+
+Each subcommand prints what it did; errors are one line on stderr and a
+non-zero exit status.
 """
 
 from __future__ import annotations
 
+import getopt
 import sys
+from pathlib import Path
 
 from twisted.python import usage
 
 import bpctunnel
+from bpctunnel.errors import BpcTunnelError
 
 
-class DemoOptions(usage.Options):
+class _Command(usage.Options):
+    """
+    A subcommand whose options may follow its arguments, as admins type them
+    (`register-client HOST --port N`); plain getopt would stop at HOST.
+    """
+
+    def parseOptions(self, options=None):
+        options = sys.argv[1:] if options is None else options
+        try:
+            opts, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        takes_value = {f"--{name[:-1]}" for name in self.longOpt if name.endswith("=")}
+        takes_value |= {f"-{c}" for c, nxt in zip(self.shortOpt, self.shortOpt[1:] + " ") if nxt == ":"}
+        ordered = []
+        for name, value in opts:
+            ordered += [name, value] if name in takes_value else [name]
+        super().parseOptions(ordered + ["--"] + args)
+
+
+class _Paths(_Command):
+    optParameters = [
+        ["certs", "c", "/etc/bpctunnel", "Folder of the CA and server certificates."],
+        ["backuppc-conf", "b", "/etc/backuppc", "BackupPC's configuration folder."],
+    ]
+
+    def paths(self):
+        from bpctunnel.admin import Paths
+
+        return Paths(Path(self["certs"]), Path(self["backuppc-conf"]))
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} is not a positive number")
+    return number
+
+
+class DemoOptions(_Command):
     """Options of C{bpctunnel demo}."""
 
-    synopsis = "bpctunnel demo [--keep]"
+    synopsis = "[--keep] [--verbose]"
     longdesc = (
         "Makes a throwaway CA and BackupPC config, starts a tunnel server and client on "
         "127.0.0.1, pulls a module through the tunnel with the real rsync, checks every "
@@ -26,13 +71,116 @@ class DemoOptions(usage.Options):
     ]
 
 
+class InitCaOptions(_Command):
+    synopsis = "[--certs DIR] SERVER_NAME [--days N] [--force]"
+    longdesc = ("Makes the CA (ca.crt, ca.key), the server's certificate for SERVER_NAME "
+                "(a DNS name or IP address laptops connect to) and server.conf with the URL "
+                "client bundles will use.  Keys are written with mode 0600.")
+    optParameters = [
+        ["certs", "c", "/etc/bpctunnel", "Where to write them."],
+        ["days", "d", 3650, "Validity of the CA in days.", _positive],
+        ["server-url", "u", None, "URL for client bundles (default wss://SERVER_NAME:8443/tunnel)."],
+    ]
+    optFlags = [["force", "f", "Replace an existing CA (every client must be registered again)."]]
+
+    def parseArgs(self, server_name):
+        self["server_name"] = server_name
+
+
+class RegisterOptions(_Paths):
+    synopsis = ("HOST [--port N] [--share NAME ...] [--add-host] "
+                "[--csr FILE] [--out DIR]")
+    longdesc = ("Issues a client certificate (CN = HOST) and writes HOST's tunnel settings into "
+                "its BackupPC host config (TunnelCert in ClientComment, XferMethod rsyncd, "
+                "ClientNameAlias 127.0.0.1, RsyncdClientPort, a RsyncdPasswd placeholder, "
+                "RsyncShareName), keeping every other line.  Writes a client bundle: HOST.conf, "
+                "ca.crt, HOST.crt, HOST.key (unless --csr) and an rsyncd.conf template.  "
+                "Running it again with a bundle that is still good changes nothing.")
+    optParameters = [
+        ["port", "p", None, "RsyncdClientPort (default: keep the host's, or the lowest free "
+                            "port of --port-range).", int],
+        ["port-range", None, "64701-65000", "Range for automatic ports."],
+        ["csr", None, None, "Sign this CSR (from `bpctunnel request-cert`) instead of making a key."],
+        ["out", "o", None, "Folder for the client bundle (default ./HOST-bundle)."],
+        ["days", "d", 825, "Validity of the certificate in days.", _positive],
+        ["user", None, "backuppc", "Owner written to the hosts file with --add-host."],
+        ["server-url", "u", None, "URL for the bundle (default: from server.conf)."],
+    ]
+    optFlags = [["add-host", None, "Add HOST to BackupPC's hosts file if missing."]]
+
+    def __init__(self):
+        super().__init__()
+        self["share"] = []
+
+    def opt_share(self, name):
+        """A share (rsync module) to back up; repeat for several."""
+        self["share"].append(name)
+
+    def parseArgs(self, host):
+        self["host"] = host
+
+    def postOptions(self):
+        try:
+            low, high = (int(p) for p in self["port-range"].split("-"))
+        except ValueError:
+            raise usage.UsageError(f"--port-range {self['port-range']!r} must look like 64701-65000")
+        self["port_range"] = (low, high)
+
+
+class RenewOptions(RegisterOptions):
+    synopsis = "HOST [--csr FILE] [--out DIR]"
+    longdesc = "A new certificate (and key) for HOST, same port and shares; the old one stops working."
+
+
+class HostOptions(_Paths):
+    def parseArgs(self, host):
+        self["host"] = host
+
+
+class RevokeOptions(HostOptions):
+    synopsis = "HOST"
+    longdesc = "Removes HOST's TunnelCert from its host config: its client is refused from now on."
+
+
+class RequestCertOptions(_Command):
+    synopsis = "HOST [--out DIR]"
+    longdesc = ("On the laptop: makes a private key that never leaves it and a certificate "
+                "signing request for the admin's `bpctunnel register-client HOST --csr FILE`.")
+    optParameters = [["out", "o", ".", "Where to write HOST.key and HOST.csr."]]
+
+    def parseArgs(self, host):
+        self["host"] = host
+
+
+class ListOptions(_Paths):
+    synopsis = ""
+    longdesc = "A table of the hosts with tunnel settings: port, fingerprint, expiry, shares, problems."
+
+
+class CheckOptions(_Paths):
+    synopsis = "[HOST]"
+    longdesc = ("Explains every misconfiguration of the tunnel hosts (or of HOST) in plain "
+                "words; exits 1 if there is any.")
+
+    def parseArgs(self, host=None):
+        self["host"] = host
+
+
 class Options(usage.Options):
     """Top-level options of C{bpctunnel}."""
 
     synopsis = "bpctunnel COMMAND [options]"
     subCommands = [
         ["demo", None, DemoOptions, "Run the whole tunnel on this machine and show it works."],
+        ["init-ca", None, InitCaOptions, "Make the CA and the server's certificate."],
+        ["register-client", None, RegisterOptions, "Register a laptop; write its bundle."],
+        ["request-cert", None, RequestCertOptions, "On a laptop: make a key and a CSR."],
+        ["revoke", None, RevokeOptions, "Stop a laptop's certificate from working."],
+        ["renew", None, RenewOptions, "Give a laptop a new certificate."],
+        ["list", None, ListOptions, "List the tunnel hosts."],
+        ["check", None, CheckOptions, "Explain every misconfiguration."],
     ]
+
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"bpctunnel {bpctunnel.__version__}")
@@ -43,6 +191,50 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("name a command; see bpctunnel --help")
+
+
+def _register_kwargs(o) -> dict:
+    return dict(port=o["port"], shares=tuple(o["share"]), csr=Path(o["csr"]) if o["csr"] else None,
+                out=Path(o["out"]) if o["out"] else None, days=o["days"],
+                port_range=o["port_range"], url=o["server-url"])
+
+
+def run(command: str, o) -> int:
+    """Run one admin subcommand; returns the exit status."""
+    from bpctunnel import admin, health
+
+    if command == "init-ca":
+        lines = admin.init_ca(admin.Paths(certs=Path(o["certs"])), o["server_name"], o["days"],
+                              o["force"], o["server-url"])
+    elif command == "register-client":
+        result = admin.register_client(o.paths(), o["host"], add_host=o["add-host"],
+                                       user=o["user"], **_register_kwargs(o))
+        lines = list(result.messages)
+    elif command == "renew":
+        lines = list(admin.renew(o.paths(), o["host"], **_register_kwargs(o)).messages)
+    elif command == "revoke":
+        lines = admin.revoke(o.paths(), o["host"])
+    elif command == "request-cert":
+        lines = admin.request_cert(o["host"], Path(o["out"]))
+    elif command == "list":
+        lines = [health.format_table(health.inspect_hosts(o.paths()))]
+    elif command == "check":
+        reports = health.inspect_hosts(o.paths())
+        if o["host"] is not None:
+            reports = [r for r in reports if r.host == o["host"].lower()]
+            if not reports:
+                print(f"bpctunnel: {o['host']} has no tunnel settings in {o['backuppc-conf']}",
+                      file=sys.stderr)
+                return 1
+        problems = [p for r in reports for p in r.problems]
+        for problem in problems:
+            print(f"{problem.host}: {problem.message}")
+        if not problems:
+            print(f"no problems found in {len(reports)} tunnel host(s)")
+        return 1 if problems else 0
+    for line in lines:
+        print(line)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +251,13 @@ def main(argv: list[str] | None = None) -> None:
         from bpctunnel.demo import main as demo_main
 
         task.react(demo_main, (options.subOptions["keep"], options.subOptions["verbose"]))
+        return
+    try:
+        status = run(options.subCommand, options.subOptions)
+    except (BpcTunnelError, OSError) as e:
+        print(f"bpctunnel {options.subCommand}: {e}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

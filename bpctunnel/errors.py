@@ -76,3 +76,10 @@ class PortUnavailable(Refused):
 
     reason = "port unavailable"
     http_status = 503
+
+
+class EditRefused(ConfigError):
+    """
+    A BackupPC file cannot be edited safely by a program; the message names the
+    file, the lines and what to change by hand.
+    """

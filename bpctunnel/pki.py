@@ -251,6 +251,27 @@ def not_after(cert: CertLike) -> datetime.datetime:
     return _as_cert(cert).not_valid_after_utc
 
 
+def now() -> datetime.datetime:
+    """The current time, aware UTC (one place to change for tests)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def days_left(cert: CertLike, at: datetime.datetime | None = None) -> float:
+    """Days until the certificate expires (negative once it has)."""
+    return (not_after(cert) - (at or now())).total_seconds() / 86400
+
+
+def csr_matches_cert(csr_pem: bytes, cert: CertLike) -> bool:
+    """Whether a certificate was issued for the key of this CSR."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return csr.public_key().public_bytes(der, spki) == _as_cert(cert).public_key().public_bytes(der, spki)
+
+
 def read_file(path: os.PathLike | str) -> bytes:
     """Read a certificate or key file; L{CertificateError} names it on failure."""
     try:

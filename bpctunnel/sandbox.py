@@ -171,11 +171,16 @@ class RunningServer:
         return self.port.stopListening()
 
 
-def start_server(reactor, sandbox: Sandbox, interface: str = "127.0.0.1") -> Deferred:
-    """Listen on C{interface}, port 0; fires with a L{RunningServer}."""
-    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=sandbox.conf_dir))
-    endpoint = SSL4ServerEndpoint(reactor, 0, server_tls_options(sandbox.certs_dir),
-                                  interface=interface)
+def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.0.0.1", *,
+                 certs_dir: Path | None = None, conf_dir: Path | None = None) -> Deferred:
+    """
+    Listen on C{interface}, port 0, with the sandbox's files (or the given
+    folders); fires with a L{RunningServer}.
+    """
+    certs_dir = certs_dir or sandbox.certs_dir
+    conf_dir = conf_dir or sandbox.conf_dir
+    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir))
+    endpoint = SSL4ServerEndpoint(reactor, 0, server_tls_options(certs_dir), interface=interface)
     return endpoint.listen(factory).addCallback(lambda port: RunningServer(factory, port))
 
 

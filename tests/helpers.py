@@ -142,3 +142,9 @@ def twistd(testcase, *args: str, cwd: Path | None = None) -> RunningProcess:
     """Run C{twistd --nodaemon --pidfile= --logfile=- ARGS} with our Python."""
     return spawn(testcase, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                             "--nodaemon", "--pidfile=", "--logfile=-", *args], cwd=cwd)
+
+
+def run_cli(testcase, *args: str, cwd: Path | None = None) -> Deferred:
+    """Run C{bpctunnel ARGS} as a process; fires with (exit code, output)."""
+    process = spawn(testcase, [sys.executable, "-m", "bpctunnel", *args], cwd=cwd)
+    return process.ended.addCallback(lambda code: (code, process.text))

@@ -1,0 +1,378 @@
+"""
+The admin's tools: a CA, client registration, revocation, renewal.
+
+Each command is a function that takes the folders it works on and returns
+what it did, for L{bpctunnel.cli} to print.  Certificates come from
+L{bpctunnel.pki}; BackupPC's files are edited by L{bpctunnel.confedit}, which
+keeps every other byte of them.
+"""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import attrs
+
+from bpctunnel import confedit, pki
+from bpctunnel.backuppc import (
+    _host_name_problem,
+    ascii_lower,
+    find_fingerprints,
+    find_host_config,
+    parse_hosts,
+    read_config_text,
+    read_hosts,
+)
+from bpctunnel.errors import BpcTunnelError, CertificateError, ConfigError
+from bpctunnel.perlconf import parse_perl_config
+
+DEFAULT_CERTS = Path("/etc/bpctunnel")
+DEFAULT_CONF = Path("/etc/backuppc")
+DEFAULT_PORT_RANGE = (64701, 65000)
+DEFAULT_SERVER_PORT = 8443
+#: Certificates this close to expiry are reissued rather than reused, and flagged by check.
+RENEW_WITHIN_DAYS = 30
+
+#: BackupPC's rsyncd transfer refuses an empty RsyncdPasswd even when the
+#: daemon asks for none; the tunnel's TLS does the authentication.
+RSYNCD_PASSWD_PLACEHOLDER = "unused-bpctunnel-authenticates-with-tls"
+
+
+class AdminError(BpcTunnelError):
+    """An admin command cannot do what it was asked."""
+
+
+@attrs.frozen
+class Paths:
+    """Where the server's certificates and BackupPC's configuration live."""
+
+    certs: Path = DEFAULT_CERTS
+    conf: Path = DEFAULT_CONF
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.certs / "ca.key"
+
+    @property
+    def server_conf(self) -> Path:
+        return self.certs / "server.conf"
+
+    def issued_cert(self, host: str) -> Path:
+        """A copy of the certificate last issued to C{host} (for expiry checks)."""
+        return self.certs / "clients" / f"{host}.crt"
+
+    @property
+    def hosts(self) -> Path:
+        return self.conf / "hosts"
+
+
+# -- init-ca -------------------------------------------------------------------
+
+
+def init_ca(paths: Paths, server_name: str, days: int = 3650, force: bool = False,
+            server_url: str | None = None) -> list[str]:
+    """Make the CA, the server's certificate and server.conf."""
+    if paths.ca_cert.exists() and not force:
+        raise AdminError(f"{paths.ca_cert} already exists; a new CA would invalidate every "
+                         f"client certificate. Use --force if that is what you want")
+    if days < 1:
+        raise AdminError(f"--days must be at least 1, not {days}")
+    paths.certs.mkdir(parents=True, exist_ok=True)
+    ca = pki.make_ca(days=days)
+    server = pki.make_server_cert(ca, server_name, days=min(days, 825))
+    pki.write_private(paths.ca_key, ca.key_pem)
+    pki.write_public(paths.ca_cert, ca.cert_pem)
+    pki.write_private(paths.certs / "server.key", server.key_pem)
+    pki.write_public(paths.certs / "server.crt", server.cert_pem)
+    host = f"[{server_name}]" if ":" in server_name else server_name
+    url = server_url or f"wss://{host}:{DEFAULT_SERVER_PORT}/tunnel"
+    paths.server_conf.write_text(f"[bpctunnel]\n# The URL laptops connect to.\nserver = {url}\n")
+    return [
+        f"wrote {paths.ca_cert} and {paths.ca_key} (keep ca.key secret: it signs laptops' certificates)",
+        f"wrote {paths.certs / 'server.crt'} and server.key for {server_name}",
+        f"wrote {paths.server_conf}: client bundles will use {url}",
+    ]
+
+
+def _load_ca(paths: Paths) -> pki.CertAndKey:
+    for path in (paths.ca_cert, paths.ca_key):
+        if not path.exists():
+            raise AdminError(f"{path} does not exist; run `bpctunnel init-ca SERVER_NAME` first")
+    ca = pki.CertAndKey(pki.read_file(paths.ca_cert), pki.read_file(paths.ca_key))
+    pki.check_key_matches(pki.parse_certs(ca.cert_pem, str(paths.ca_cert))[0],
+                          pki.parse_key(ca.key_pem, str(paths.ca_key)), paths.ca_cert, paths.ca_key)
+    return ca
+
+
+def server_url(paths: Paths) -> str:
+    """The URL client bundles name, from server.conf."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(paths.server_conf.read_text())
+        return parser["bpctunnel"]["server"]
+    except (OSError, KeyError, configparser.Error) as e:
+        raise AdminError(f"cannot read the server URL from {paths.server_conf} ({e}); "
+                         f"run `bpctunnel init-ca` or pass --server-url") from None
+
+
+# -- host configs --------------------------------------------------------------
+
+
+def checked_host(host: str) -> str:
+    """A host name safe to use in file names, lower-cased as BackupPC does."""
+    problem = _host_name_problem(host)
+    if problem is None and any(c.isspace() or c == "#" for c in host):
+        problem = "it contains white space or '#'"
+    if problem:
+        raise AdminError(f"{host!r} is not a usable BackupPC host name ({problem})")
+    return ascii_lower(host)
+
+
+def host_config_files(conf: Path) -> dict[Path, str]:
+    """Every host config in C{conf} and C{conf/pc} (once each), by path -> host."""
+    found: dict[Path, str] = {}
+    seen: set[Path] = set()
+    for folder in (conf, conf / "pc"):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.pl")):
+            if path.name == "config.pl" or path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            found[path] = path.name[:-3]
+    return found
+
+
+def read_host_config(path: Path):
+    """Parse a host config; returns (text, PerlConfig)."""
+    text = read_config_text(path, "host config")
+    return text, parse_perl_config(text, str(path))
+
+
+def ports_in_use(conf: Path, except_host: str | None = None) -> dict[int, list[str]]:
+    """RsyncdClientPort of every host config (unreadable ones are skipped)."""
+    used: dict[int, list[str]] = {}
+    for path, host in host_config_files(conf).items():
+        if host == except_host:
+            continue
+        try:
+            _, config = read_host_config(path)
+        except ConfigError:
+            continue
+        value = config.get("RsyncdClientPort")
+        if isinstance(value, str) and value.isdigit():
+            used.setdefault(int(value), []).append(host)
+    return used
+
+
+def pick_port(conf: Path, host: str, port_range=DEFAULT_PORT_RANGE) -> int:
+    """The lowest port of C{port_range} that no other host config uses."""
+    used = ports_in_use(conf, except_host=host)
+    for port in range(port_range[0], port_range[1] + 1):
+        if port not in used:
+            return port
+    raise AdminError(f"every port from {port_range[0]} to {port_range[1]} is taken; "
+                     f"pass --port or a wider --port-range")
+
+
+def edit_host_config(path: Path, edits) -> bool:
+    """Apply C{edits} (text -> text functions) to a host config, atomically."""
+    old = read_config_text(path, "host config") if path.exists() else None
+    text = old if old is not None else ""
+    for edit in edits:
+        text = edit(text)
+    return confedit.write_atomically(path, text, old)
+
+
+# -- register-client, renew, revoke -------------------------------------------
+
+
+@attrs.frozen
+class Registration:
+    """What register-client or renew did."""
+
+    host: str
+    port: int
+    fingerprint: str
+    config_path: Path
+    bundle: Path
+    messages: tuple[str, ...]
+
+
+def request_cert(host: str, out: Path) -> list[str]:
+    """On the laptop: a private key that never leaves it, and a CSR for the admin."""
+    host = checked_host(host)
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, csr_path = out / f"{host}.key", out / f"{host}.csr"
+    if key_path.exists():
+        raise AdminError(f"{key_path} already exists; remove it to make a new key")
+    pair = pki.make_csr(host)
+    pki.write_private(key_path, pair.key_pem)
+    pki.write_public(csr_path, pair.csr_pem)
+    return [f"wrote {key_path} (keep it on this machine) and {csr_path}",
+            f"send {csr_path.name} to the BackupPC admin, who runs: "
+            f"bpctunnel register-client {host} --csr {csr_path.name}"]
+
+
+def _reusable_cert(paths: Paths, ca: pki.CertAndKey, host: str, bundle: Path,
+                   registered: frozenset[str], csr_pem: bytes | None) -> bytes | None:
+    """The bundle's certificate if it is still good, so that a re-run changes nothing."""
+    cert_path = bundle / f"{host}.crt"
+    if not cert_path.exists() or (csr_pem is None and not (bundle / f"{host}.key").exists()):
+        return None
+    try:
+        cert_pem = pki.read_file(cert_path)
+        cert = pki.parse_certs(cert_pem, str(cert_path))[0]
+        ca_cert = pki.parse_certs(ca.cert_pem, "ca")[0]
+        cert.verify_directly_issued_by(ca_cert)
+        if pki.common_name(cert) != host or pki.fingerprint_sha256(cert) not in registered:
+            return None
+        if csr_pem is not None and not pki.csr_matches_cert(csr_pem, cert):
+            return None
+        if pki.days_left(cert) < RENEW_WITHIN_DAYS:
+            return None
+        return cert_pem
+    except (BpcTunnelError, ValueError, TypeError):
+        return None
+
+
+def register_client(paths: Paths, host: str, *, port: int | None = None, shares=(),
+                    add_host: bool = False, csr: Path | None = None, out: Path | None = None,
+                    days: int = 825, port_range=DEFAULT_PORT_RANGE, user: str = "backuppc",
+                    url: str | None = None, renew: bool = False) -> Registration:
+    """Issue (or reuse) a client certificate and write the host's tunnel settings."""
+    host = checked_host(host)
+    ca = _load_ca(paths)
+    url = url or server_url(paths)
+    messages = []
+    hosts_text = read_config_text(paths.hosts, "hosts file")
+    if host not in parse_hosts(hosts_text, str(paths.hosts)):
+        if not add_host:
+            raise AdminError(f"{host} is not in {paths.hosts}; add it there or pass --add-host")
+        new_hosts, _ = confedit.add_host(hosts_text, host, user, str(paths.hosts))
+        confedit.write_atomically(paths.hosts, new_hosts, hosts_text)
+        messages.append(f"added {host} to {paths.hosts}")
+    config_path = find_host_config(paths.conf, host) or paths.conf / f"{host}.pl"
+    config = read_host_config(config_path)[1] if config_path.exists() else None
+    current = config.get("ClientComment") if config else None
+    registered = find_fingerprints(current) if isinstance(current, str) else frozenset()
+    if port is None:
+        existing = config.get("RsyncdClientPort") if config else None
+        port = int(existing) if isinstance(existing, str) and existing.isdigit() else pick_port(
+            paths.conf, host, port_range)
+    if not 1 <= port <= 65535:
+        raise AdminError(f"--port {port} is not a port number from 1 to 65535")
+    clash = [h for h in ports_in_use(paths.conf, except_host=host).get(port, [])]
+    if clash:
+        raise AdminError(f"port {port} is already RsyncdClientPort of {', '.join(clash)}")
+
+    bundle = out or Path.cwd() / f"{host}-bundle"
+    csr_pem = pki.read_file(csr) if csr else None
+    cert_pem = None if renew else _reusable_cert(paths, ca, host, bundle, registered, csr_pem)
+    key_pem = None
+    if cert_pem is None:
+        if csr_pem is not None:
+            cert_pem = pki.sign_client_csr(ca, csr_pem, days, expected_host=host)
+        else:
+            pair = pki.make_client_cert(ca, host, days)
+            cert_pem, key_pem = pair.cert_pem, pair.key_pem
+    fingerprint = pki.fingerprint_sha256(cert_pem)
+
+    edits = [
+        lambda t: confedit.set_tunnel_cert(t, fingerprint, str(config_path)),
+        lambda t: confedit.set_setting(t, "XferMethod", "rsyncd", str(config_path)),
+        lambda t: confedit.set_setting(t, "ClientNameAlias", ["127.0.0.1"], str(config_path)),
+        lambda t: confedit.set_setting(t, "RsyncdClientPort", port, str(config_path)),
+    ]
+    passwd = config.get("RsyncdPasswd") if config else None
+    if not (isinstance(passwd, str) and passwd):
+        edits.append(lambda t: confedit.set_setting(t, "RsyncdPasswd", RSYNCD_PASSWD_PLACEHOLDER,
+                                                    str(config_path)))
+    if shares:
+        edits.append(lambda t: confedit.set_setting(t, "RsyncShareName", list(shares),
+                                                    str(config_path)))
+    if edit_host_config(config_path, edits):
+        messages.append(f"updated {config_path}: TunnelCert:sha256:{fingerprint[:16]}..., "
+                        f"RsyncdClientPort {port}")
+    config = read_host_config(config_path)[1]
+    shares = config.get("RsyncShareName") or []
+    shares = [shares] if isinstance(shares, str) else [s for s in shares if isinstance(s, str)]
+    if _write_bundle(bundle, host, url, ca.cert_pem, cert_pem, key_pem, shares):
+        messages.append(f"wrote the client bundle to {bundle}")
+    issued = paths.issued_cert(host)
+    issued.parent.mkdir(parents=True, exist_ok=True)
+    if not issued.exists() or issued.read_bytes() != cert_pem:
+        pki.write_public(issued, cert_pem)
+    if not messages:
+        messages.append(f"{host} is already registered with this bundle; nothing changed")
+    return Registration(host, port, fingerprint, config_path, bundle, tuple(messages))
+
+
+def rsyncd_conf_template(shares) -> str:
+    """A read-only rsyncd.conf for the shares, for the laptop's owner to complete."""
+    lines = [
+        "# rsyncd.conf for bpctunnel: rsync runs as a daemon over the tunnel.",
+        "# Set each module's path to the folder BackupPC should back up.",
+        "# Modules are read-only: the client refuses writable ones unless",
+        "# allow_restore = yes is set in its config.",
+        "use chroot = no",
+        "",
+    ]
+    for share in shares or []:
+        lines += [f"[{share}]", f"    path = /CHANGE/ME/{share}", "    read only = yes", ""]
+    return "\n".join(lines)
+
+
+def _write_bundle(bundle: Path, host: str, url: str, ca_pem: bytes, cert_pem: bytes,
+                  key_pem: bytes | None, shares) -> bool:
+    bundle.mkdir(parents=True, exist_ok=True)
+    changed = False
+    files = {
+        f"{host}.conf": (f"[bpctunnel]\nserver = {url}\nca = ca.crt\ncert = {host}.crt\n"
+                         f"key = {host}.key\nrsyncd_conf = rsyncd.conf\n").encode(),
+        "ca.crt": ca_pem,
+        f"{host}.crt": cert_pem,
+    }
+    for name, data in files.items():
+        path = bundle / name
+        if not path.exists() or path.read_bytes() != data:
+            pki.write_public(path, data)
+            changed = True
+    if key_pem is not None:
+        pki.write_private(bundle / f"{host}.key", key_pem)
+        changed = True
+    template = bundle / "rsyncd.conf"
+    if not template.exists():
+        template.write_text(rsyncd_conf_template(shares))
+        changed = True
+    return changed
+
+
+def revoke(paths: Paths, host: str) -> list[str]:
+    """Remove every TunnelCert of C{host}: new tunnels are refused."""
+    host = checked_host(host)
+    path = find_host_config(paths.conf, host)
+    if path is None:
+        raise AdminError(f"{host} has no host config in {paths.conf}")
+    text = read_config_text(path, "host config")
+    new, removed = confedit.remove_tunnel_cert(text, str(path))
+    confedit.write_atomically(path, new, text)
+    if not removed:
+        return [f"{host} has no TunnelCert in {path}; nothing to revoke"]
+    return [f"revoked {host}: removed its TunnelCert from {path}; new tunnels are refused "
+            f"with 'fingerprint mismatch'"]
+
+
+def renew(paths: Paths, host: str, **kwargs) -> Registration:
+    """A new certificate for C{host}, same port and shares; the old one stops working."""
+    host = checked_host(host)
+    path = find_host_config(paths.conf, host)
+    comment = read_host_config(path)[1].get("ClientComment") if path else None
+    if not (isinstance(comment, str) and find_fingerprints(comment)):
+        raise AdminError(f"{host} is not registered; use `bpctunnel register-client {host}`")
+    return register_client(paths, host, renew=True, **kwargs)

@@ -1,0 +1,161 @@
+"""
+C{bpctunnel list} and C{bpctunnel check}: every tunnel host at a glance, and
+every misconfiguration explained in plain words.
+
+A host "uses the tunnel" when its config holds a TunnelCert, sets
+C{ClientNameAlias} to 127.0.0.1, or bpctunnel issued it a certificate.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from bpctunnel import pki
+from bpctunnel.admin import (
+    RENEW_WITHIN_DAYS,
+    Paths,
+    host_config_files,
+    read_host_config,
+)
+from bpctunnel.backuppc import find_fingerprints, read_hosts
+from bpctunnel.errors import BpcTunnelError
+
+
+@attrs.frozen
+class Problem:
+    """One misconfiguration of one host."""
+
+    host: str
+    message: str
+
+
+@attrs.frozen
+class HostReport:
+    """A tunnel host's settings, as read from its files, and its problems."""
+
+    host: str
+    config_path: object
+    port: str
+    fingerprints: tuple[str, ...]
+    expires: str
+    shares: tuple[str, ...]
+    problems: tuple[Problem, ...]
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _cert_expiry(paths: Paths, host: str, fingerprints) -> tuple[str, float | None]:
+    path = paths.issued_cert(host)
+    try:
+        cert = pki.load_cert(path)
+    except BpcTunnelError:
+        return "unknown", None
+    if pki.fingerprint_sha256(cert) not in fingerprints:
+        return "unknown", None
+    return pki.not_after(cert).strftime("%Y-%m-%d"), pki.days_left(cert)
+
+
+def inspect_hosts(paths: Paths) -> list[HostReport]:
+    """A report for every host that uses the tunnel, sorted by name."""
+    try:
+        listed = read_hosts(paths.hosts)
+        hosts_problem = None
+    except BpcTunnelError as e:
+        listed, hosts_problem = {}, str(e)
+    reports = []
+    port_owner: dict[str, list[str]] = {}
+    raw = []
+    for path, host in host_config_files(paths.conf).items():
+        problems = []
+        try:
+            _, config = read_host_config(path)
+        except BpcTunnelError as e:
+            if paths.issued_cert(host).exists():
+                raw.append((host, path, None, [Problem(host, f"{path.name} cannot be read: {e}")]))
+            continue
+        comment = config.get("ClientComment")
+        fingerprints = find_fingerprints(comment) if isinstance(comment, str) else frozenset()
+        alias = [a for a in _as_list(config.get("ClientNameAlias")) if isinstance(a, str)]
+        if not (fingerprints or "127.0.0.1" in alias or paths.issued_cert(host).exists()):
+            continue
+        raw.append((host, path, config, problems))
+
+    for host, path, config, problems in raw:
+        if config is None:
+            reports.append(HostReport(host, path, "?", (), "unknown", (), tuple(problems)))
+            continue
+        comment = config.get("ClientComment")
+        fingerprints = find_fingerprints(comment) if isinstance(comment, str) else frozenset()
+        if hosts_problem:
+            problems.append(Problem(host, hosts_problem))
+        elif host not in listed:
+            problems.append(Problem(host, f"{host} is not in {paths.hosts}: BackupPC won't back "
+                                          f"it up and the tunnel refuses it as 'unknown host'"))
+        xfer = config.get("XferMethod")
+        if xfer != "rsyncd":
+            problems.append(Problem(host, f"$Conf{{XferMethod}} is {xfer!r} in {path.name}, not "
+                                          f"'rsyncd': BackupPC won't use the tunnel"))
+        alias = _as_list(config.get("ClientNameAlias"))
+        if alias != ["127.0.0.1"]:
+            problems.append(Problem(host, f"$Conf{{ClientNameAlias}} is {alias!r} in {path.name}, "
+                                          f"not ['127.0.0.1']: BackupPC would not connect to "
+                                          f"the tunnel's port"))
+        port = config.get("RsyncdClientPort")
+        if port is None:
+            problems.append(Problem(host, f"$Conf{{RsyncdClientPort}} is missing in {path.name}"))
+            port = "?"
+        elif not (isinstance(port, str) and port.isdigit() and 1 <= int(port) <= 65535):
+            problems.append(Problem(host, f"$Conf{{RsyncdClientPort}} is {port!r} in {path.name}, "
+                                          f"outside 1-65535"))
+            port = str(port)
+        else:
+            port_owner.setdefault(str(int(port)), []).append(host)
+        if not fingerprints:
+            problems.append(Problem(host, f"{path.name} has no TunnelCert:sha256:... in "
+                                          f"$Conf{{ClientComment}}: every client is refused "
+                                          f"(run `bpctunnel register-client {host}`)"))
+        expires, days = _cert_expiry(paths, host, fingerprints)
+        if days is not None and days < RENEW_WITHIN_DAYS:
+            when = "expired" if days < 0 else f"expires in {int(days)} days"
+            problems.append(Problem(host, f"the certificate of {host} {when} ({expires}); run "
+                                          f"`bpctunnel renew {host}`"))
+        user = config.get("RsyncdUserName")
+        if isinstance(user, str) and user:
+            problems.append(Problem(host, f"$Conf{{RsyncdUserName}} is {user!r} in {path.name}: not "
+                                          f"needed, the tunnel authenticates with TLS; the "
+                                          f"client's rsyncd.conf asks for no user"))
+        passwd = config.get("RsyncdPasswd")
+        if not (isinstance(passwd, str) and passwd):
+            problems.append(Problem(host, f"$Conf{{RsyncdPasswd}} is empty in {path.name}: "
+                                          f"BackupPC 4 refuses to start an rsyncd backup without "
+                                          f"one; set any placeholder (it is not used)"))
+        shares = tuple(s for s in _as_list(config.get("RsyncShareName")) if isinstance(s, str))
+        reports.append(HostReport(host, path, str(port), tuple(sorted(fingerprints)), expires,
+                                  shares, tuple(problems)))
+
+    for port, owners in port_owner.items():
+        if len(owners) > 1:
+            for report_index, report in enumerate(reports):
+                if report.host in owners:
+                    others = ", ".join(o for o in owners if o != report.host)
+                    problem = Problem(report.host, f"port {port} is also RsyncdClientPort of "
+                                                   f"{others}: only one tunnel can listen on it")
+                    reports[report_index] = attrs.evolve(report,
+                                                         problems=report.problems + (problem,))
+    return sorted(reports, key=lambda r: r.host)
+
+
+def format_table(reports: list[HostReport]) -> str:
+    """The C{bpctunnel list} table."""
+    rows = [("HOST", "PORT", "FINGERPRINT", "EXPIRES", "SHARES", "PROBLEMS")]
+    for r in reports:
+        fp = ",".join(f[:16] for f in r.fingerprints) or "-"
+        rows.append((r.host, r.port, fp, r.expires, ",".join(r.shares) or "-",
+                     str(len(r.problems)) if r.problems else "none"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)

@@ -1,0 +1,13 @@
+$Conf{ClientComment} = 'Alice\'s laptop TunnelCert:sha256:c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789';
+$Conf{ClientNameAlias} = [
+  '127.0.0.1'
+];
+$Conf{RsyncShareName} = [
+  'documents',
+  'photos',
+  'My Music'
+];
+$Conf{RsyncdClientPort} = '64701';
+$Conf{RsyncdPasswd} = 'unused';
+$Conf{RsyncdUserName} = '';
+$Conf{XferMethod} = 'rsyncd';
