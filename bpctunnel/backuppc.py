@@ -191,14 +191,14 @@ def find_host_config(conf_dir, host):
     return None
 
 
-def _load_host_config(conf_dir, host):
+def _load_host_config(conf_dir, host, read_config=None):
     """Find and parse the config of C{host}, refusing it if that fails."""
     path = find_host_config(conf_dir, host)
     if path is None:
         raise FingerprintMismatch(host, f"no host config {host}.pl found in {conf_dir} "
                                         f"or {Path(conf_dir) / 'pc'}")
     try:
-        return path, read_perl_config(path)
+        return path, (read_config or read_perl_config)(path)
     except ConfigError as e:
         raise HostConfigInvalid(host, str(e)) from None
 
@@ -269,7 +269,7 @@ def _checked_host(common_name):
     return ascii_lower(common_name)
 
 
-def authorize(conf_dir, common_name, cert_sha256):
+def authorize(conf_dir, common_name, cert_sha256, *, read_hosts_file=None, read_config=None):
     """
     Decide whether a client certificate may open a tunnel, and for which port.
 
@@ -282,14 +282,17 @@ def authorize(conf_dir, common_name, cert_sha256):
     @raise UnknownHost, FingerprintMismatch, HostConfigInvalid: refused.
     @raise ConfigError: the hosts file is missing or unreadable, or
         C{cert_sha256} is malformed (both are server-side problems).
+
+    C{read_hosts_file} and C{read_config} replace L{read_hosts} and
+    L{read_perl_config}, e.g. with caching versions.
     """
     conf_dir = Path(conf_dir)
     host = _checked_host(common_name)
-    if host not in read_hosts(conf_dir / "hosts"):
+    if host not in (read_hosts_file or read_hosts)(conf_dir / "hosts"):
         raise UnknownHost(host, f"it is not listed in {conf_dir / 'hosts'}; add it there "
                                 f"(or run `bpctunnel register-client {host} --add-host`)")
     presented = normalize_fingerprint(cert_sha256)
-    path, config = _load_host_config(conf_dir, host)
+    path, config = _load_host_config(conf_dir, host, read_config)
     fingerprints = _fingerprints(host, path, config)
     # Compare against every fingerprint, so timing does not reveal which matched.
     matches = [hmac.compare_digest(presented, fp) for fp in sorted(fingerprints)]

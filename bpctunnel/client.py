@@ -17,6 +17,7 @@ from bpctunnel import framing
 from bpctunnel.client_config import ClientConfig
 from bpctunnel.errors import ProtocolError
 from bpctunnel.mux import Channel, Multiplexer
+from bpctunnel.retry import RetryPolicy, needs_admin
 from bpctunnel.rsync_bridge import RsyncLauncher
 from bpctunnel.tls import client_tls_options
 
@@ -58,6 +59,13 @@ def tls_advice(reason: str | None) -> str | None:
         if words in (reason or ""):
             return advice
     return None
+
+
+def duration(seconds: float) -> str:
+    """C{90} -> '90 seconds', C{300} -> '5 minutes'."""
+    if seconds >= 120:
+        return f"{seconds / 60:g} minutes"
+    return "1 second" if seconds == 1 else f"{seconds:g} seconds"
 
 
 def refusal_from_close_reason(reason: str | None) -> tuple[int, str] | None:
@@ -102,6 +110,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         )
         self.registerProducer(self.mux, True)
         self.factory.current = self
+        self.factory.retry_policy.tunnel_opened()
         self._log.info("tunnel up to {url}", url=self.factory.config.server)
         self.factory.tunnel_opened(self)
 
@@ -130,12 +139,18 @@ class TunnelClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         refusal = refusal_from_close_reason(reason)
+        if refusal is None and code == framing.WS_CLOSE_REVOKED and reason:
+            refusal = (403, reason)
         if refusal is not None:
             status, text = refusal
+            retry = ""
+            if needs_admin(text):
+                retry = f" (retrying every {duration(self.factory.retry_policy.maximum)} until then)"
             self._log.error(
-                "refused by server: {refusal}; {advice}",
+                "refused by server: {refusal}; {advice}{retry}",
                 refusal=text,
                 advice=advice_for(text),
+                retry=retry,
                 http_status=status,
             )
         elif tls_advice(reason) is not None:
@@ -152,6 +167,8 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             self.mux.tunnel_lost(f"the tunnel closed: {reason}")
         if self.factory.current is self:
             self.factory.current = None
+        if self.mux is None or refusal is not None:
+            self.factory.retry_policy.tunnel_failed(refusal[1] if refusal else None)
         self.factory.tunnel_closed(self, refusal[1] if refusal else None, reason)
 
 
@@ -176,7 +193,12 @@ class TunnelClientFactory(WebSocketClientFactory):
             maxFramePayloadSize=1024 * 1024,
             maxMessagePayloadSize=1024 * 1024,
             openHandshakeTimeout=30,
+            # A server that answers no ping for two intervals is gone (a
+            # laptop that slept, a NAT that forgot us): reconnect.
+            autoPingInterval=config.keepalive,
+            autoPingTimeout=config.keepalive,
         )
+        self.retry_policy = RetryPolicy(initial=config.retry_initial, maximum=config.retry_max)
         self.observers: list = []
         #: The open tunnel, if any.
         self.current: TunnelClientProtocol | None = None
@@ -205,7 +227,7 @@ class TunnelClientService(ClientService):
     """Keeps the tunnel up, reconnecting with backoff; closes it cleanly on stop."""
 
     def __init__(self, endpoint, factory: TunnelClientFactory, clock):
-        super().__init__(endpoint, factory, clock=clock)
+        super().__init__(endpoint, factory, retryPolicy=factory.retry_policy, clock=clock)
         self.factory = factory
 
     def stopService(self):

@@ -8,6 +8,10 @@ The client's configuration: an INI file with a C{[bpctunnel]} section.
     key = laptop1.key
     rsyncd_conf = rsyncd.conf
     # rsync = /usr/bin/rsync
+    # keepalive = 30          (seconds between pings; a peer silent for two is dead)
+    # retry_initial = 1       (first reconnection delay, seconds)
+    # retry_max = 300         (longest reconnection delay, seconds)
+    # allow_restore = no      (yes: rsyncd.conf may have writable modules)
 
 Relative paths are relative to the file's folder.  Command-line options may
 override any key.
@@ -25,9 +29,11 @@ from attrs.validators import ge, instance_of, le
 
 from bpctunnel.errors import ConfigError
 from bpctunnel.pki import common_name, load_cert
+from bpctunnel.rsyncd_conf import writable_modules
 
 SECTION = "bpctunnel"
-KEYS = ("server", "ca", "cert", "key", "rsyncd_conf", "rsync")
+KEYS = ("server", "ca", "cert", "key", "rsyncd_conf", "rsync", "keepalive", "retry_initial",
+        "retry_max", "allow_restore")
 REQUIRED = ("server", "ca", "cert", "key", "rsyncd_conf")
 
 
@@ -44,6 +50,12 @@ class ClientConfig:
     rsyncd_conf: Path = attrs.field(validator=instance_of(Path))
     rsync: str = attrs.field(validator=instance_of(str))
     host: str = attrs.field(default="", validator=instance_of(str))
+    #: Seconds between WebSocket pings; a server silent for two is dead.
+    keepalive: float = attrs.field(default=30.0, validator=[instance_of(float), ge(1.0)])
+    retry_initial: float = attrs.field(default=1.0, validator=[instance_of(float), ge(0.1)])
+    retry_max: float = attrs.field(default=300.0, validator=[instance_of(float), ge(1.0)])
+    #: Whether rsyncd.conf may have writable modules (for restores).
+    allow_restore: bool = attrs.field(default=False, validator=instance_of(bool))
 
 
 def parse_server_url(url: str) -> tuple[str, int]:
@@ -117,6 +129,26 @@ def load_client_config(path: Path | None, overrides: dict | None = None) -> Clie
     for key, file in files.items():
         if not file.is_file():
             raise ConfigError(f"{key} = {values[key]} {where}: no such file {file}")
+    numbers = {}
+    for key, default, least in (("keepalive", 30.0, 1.0), ("retry_initial", 1.0, 0.1),
+                                ("retry_max", 300.0, 1.0)):
+        try:
+            numbers[key] = float(values.get(key) or default)
+        except ValueError:
+            raise ConfigError(f"{key} = {values[key]} {where} is not a number of seconds") from None
+        if numbers[key] < least:
+            raise ConfigError(f"{key} = {values[key]} {where} must be at least {least} seconds")
+    allow = (values.get("allow_restore") or "no").strip().lower()
+    if allow not in ("yes", "no", "true", "false", "1", "0"):
+        raise ConfigError(f"allow_restore = {values['allow_restore']} {where} must be yes or no")
+    allow_restore = allow in ("yes", "true", "1")
+    writable = writable_modules(files["rsyncd_conf"])
+    if writable and not allow_restore:
+        raise ConfigError(
+            f"{files['rsyncd_conf']} has writable module(s) {', '.join(writable)} (read only = no): "
+            f"a backup server that was broken into could overwrite this machine's files. Make "
+            f"them read only = yes, or set allow_restore = yes {where} to allow restores"
+        )
     rsync = values.get("rsync") or "rsync"
     if "/" in rsync or "\\" in rsync:
         rsync = str(resolve("rsync"))
@@ -126,5 +158,7 @@ def load_client_config(path: Path | None, overrides: dict | None = None) -> Clie
         server_port=port,
         rsync=find_rsync(rsync),
         host=common_name(load_cert(files["cert"])),
+        allow_restore=allow_restore,
+        **numbers,
         **files,
     )

@@ -56,6 +56,9 @@ CLOSE_ERROR = 1
 #: WebSocket close codes of the tunnel itself (Autobahn allows 1000 and 3000-4999).
 WS_CLOSE_NORMAL = 1000
 WS_CLOSE_PROTOCOL_ERROR = 4002
+#: The server dropped the tunnel because the client is no longer authorized;
+#: the close reason is the refusal, in the same words as a refused handshake.
+WS_CLOSE_REVOKED = 4003
 
 MAX_CHANNEL_ID = 2**32 - 1
 MAX_PING_PAYLOAD = 64

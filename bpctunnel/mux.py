@@ -84,6 +84,7 @@ class Channel:
         self.local: ILocalEnd | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.opened_at = self.last_activity = mux.seconds()
         self.accepted = False
         self.close_reason = ""
         # Receiving side.
@@ -121,6 +122,7 @@ class Channel:
         """The local source produced bytes: send them as credit allows."""
         if self._close_sent or self._eof_wanted or not data:
             return
+        self.last_activity = self.mux.seconds()
         self._pending.append(data)
         self._flush()
 
@@ -191,6 +193,7 @@ class Channel:
             )
         self._peer_may_send -= len(payload)
         self.bytes_in += len(payload)
+        self.last_activity = self.mux.seconds()
         if self.local is None:
             return
         self._unacknowledged += len(payload)
@@ -310,6 +313,7 @@ class Multiplexer:
         C{None} refuses every channel the peer opens.
     @param on_control: called with the body of each CONTROL message.
     @param on_pong: called with the payload of each PONG.
+    @param clock: an C{IReactorTime} for the channels' activity times.
     """
 
     log = Logger()
@@ -325,7 +329,9 @@ class Multiplexer:
         window: int = DEFAULT_WINDOW,
         max_channels: int = DEFAULT_MAX_CHANNELS,
         name: str = "",
+        clock=None,
     ):
+        self.seconds = clock.seconds if clock is not None else (lambda: 0.0)
         self._send_bytes = send_bytes
         self._accept_channel = accept_channel
         self._on_control = on_control

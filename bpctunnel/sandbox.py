@@ -136,10 +136,14 @@ class Sandbox:
         return path
 
     def write_client_config(self, files: ClientFiles, server_url: str,
-                            modules: dict[str, Path], rsync: str = "rsync") -> Path:
-        """The client's INI file and rsyncd.conf, next to its certificate."""
+                            modules: dict[str, Path], rsync: str = "rsync",
+                            writable: tuple[str, ...] = (), **settings) -> Path:
+        """
+        The client's INI file and rsyncd.conf, next to its certificate;
+        C{settings} become more C{key = value} lines.
+        """
         folder = files.cert.parent
-        (folder / "rsyncd.conf").write_text(rsyncd_conf_text(modules))
+        (folder / "rsyncd.conf").write_text(rsyncd_conf_text(modules, writable))
         path = folder / f"{files.host}.conf"
         path.write_text(
             "[bpctunnel]\n"
@@ -149,6 +153,7 @@ class Sandbox:
             f"key = {files.key.name}\n"
             "rsyncd_conf = rsyncd.conf\n"
             f"rsync = {rsync}\n"
+            + "".join(f"{key} = {value}\n" for key, value in settings.items())
         )
         return path
 

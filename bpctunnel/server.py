@@ -7,159 +7,72 @@ client's tunnel (see L{bpctunnel.mux}).  The listener lives exactly as long as
 the tunnel: when the WebSocket closes, the port closes and every carried
 connection is aborted, so BackupPC sees a failed transfer rather than a
 truncated one.
+
+While a tunnel is up the server keeps checking it: every new connection from
+BackupPC, and every few seconds while idle, the client's certificate is
+checked against its host config again (revocation takes effect at once), and
+carried connections that sit idle or outlive their maximum are closed.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
 import attrs
+from attrs.validators import ge, instance_of
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from bpctunnel import framing
-from bpctunnel.backuppc import TunnelSettings, authorize
-from bpctunnel.errors import (
-    AlreadyConnected,
-    BpcTunnelError,
-    PortUnavailable,
-    ProtocolError,
-    Refused,
-    UnknownHost,
-)
-from bpctunnel.mux import ILocalEnd, Multiplexer
+from bpctunnel.backuppc import TunnelSettings, authorize, read_hosts, read_perl_config
+from bpctunnel.errors import BpcTunnelError, PortUnavailable, ProtocolError, Refused, UnknownHost
+from bpctunnel.filecache import FileCache
+from bpctunnel.local import LocalListenerFactory
+from bpctunnel.mux import Multiplexer
 from bpctunnel.pki import common_name, fingerprint_sha256
+from bpctunnel.registry import TunnelRegistry
 from bpctunnel.tls import peer_certificate_der
 
 TUNNEL_PATH = "/tunnel"
 
 
-class TunnelRegistry:
-    """The live tunnels, by host name: at most one per host."""
-
-    def __init__(self):
-        self._tunnels: dict[str, TunnelServerProtocol] = {}
-
-    def reserve(self, host: str, tunnel: TunnelServerProtocol) -> None:
-        """Claim C{host} for C{tunnel}, or raise L{AlreadyConnected}."""
-        if host in self._tunnels:
-            raise AlreadyConnected(
-                host, "a tunnel for this host is already up; the newer connection was refused"
-            )
-        self._tunnels[host] = tunnel
-
-    def release(self, host: str, tunnel: TunnelServerProtocol) -> None:
-        """Forget C{tunnel}, if it is the one registered for C{host}."""
-        if self._tunnels.get(host) is tunnel:
-            del self._tunnels[host]
-
-    def get(self, host: str) -> TunnelServerProtocol | None:
-        return self._tunnels.get(host)
-
-    def __iter__(self):
-        return iter(list(self._tunnels.values()))
-
-    def __len__(self) -> int:
-        return len(self._tunnels)
-
-
-@implementer(ILocalEnd, IHalfCloseableProtocol)
-class LocalConnectionProtocol(Protocol):
+@attrs.frozen
+class ServerSettings:
     """
-    One TCP connection from BackupPC, carried as one channel.
+    The server's configuration.
 
-    Reading stays paused until the client has started rsync and granted
-    credit, so the first bytes always have somewhere to go.
+    @ivar keepalive: seconds between WebSocket pings; a client silent for two
+        intervals is dead and its port is freed.
+    @ivar probe_timeout: how long an old tunnel has to answer when a new
+        connection claims its host.
+    @ivar check_interval: seconds between checks of idle tunnels (revocation,
+        changed port, channel timeouts).
+    @ivar idle_timeout: a carried connection with no data either way for this
+        long is closed.
+    @ivar max_connection_time: no carried connection lasts longer.
+    @ivar max_channels: carried connections one client may have at once.
+    @ivar max_unauthenticated: connections one address may have open before
+        they have authenticated.
     """
 
-    log = Logger()
-
-    def __init__(self, tunnel: TunnelServerProtocol):
-        self.tunnel = tunnel
-        self.channel = None
-
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.channel = self.tunnel.mux.open_channel({"peer": f"{peer.host}:{peer.port}"})
-        self.channel.attach(self)
-        self.transport.registerProducer(self.channel, True)
-        self.log.debug(
-            "channel {channel_id} opened for {client_name}",
-            channel_id=self.channel.channel_id,
-            client_name=self.tunnel.host,
-        )
-
-    def dataReceived(self, data: bytes) -> None:
-        self.channel.local_data(data)
-
-    def readConnectionLost(self) -> None:
-        self.channel.local_eof()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason=None) -> None:
-        error = None
-        if reason is not None and not reason.check(ConnectionDone):
-            error = f"BackupPC's connection failed: {reason.getErrorMessage()}"
-        self.channel.local_closed(error)
-        self.log.info(
-            "channel {channel_id} of {client_name} closed: {bytes_to_client} bytes to the "
-            "client, {bytes_from_client} bytes from it{reason}",
-            channel_id=self.channel.channel_id,
-            client_name=self.tunnel.host,
-            bytes_to_client=self.channel.bytes_out,
-            bytes_from_client=self.channel.bytes_in,
-            reason=f" ({self.channel.close_reason})" if self.channel.close_reason else "",
-        )
-
-    # ILocalEnd
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def write_eof(self) -> None:
-        self.transport.loseWriteConnection()
-
-    def close(self) -> None:
-        self.transport.loseConnection()
-
-    def abort(self, reason: str) -> None:
-        self.log.warn(
-            "aborting BackupPC's connection on channel {channel_id} of {client_name}: {reason}",
-            channel_id=self.channel.channel_id,
-            client_name=self.tunnel.host,
-            reason=reason,
-        )
-        self.transport.abortConnection()
-
-    def pause_reading(self) -> None:
-        self.transport.pauseProducing()
-
-    def resume_reading(self) -> None:
-        self.transport.resumeProducing()
-
-
-class LocalListenerFactory(Factory):
-    """Makes a L{LocalConnectionProtocol} for each connection from BackupPC."""
-
-    noisy = False
-
-    def __init__(self, tunnel: TunnelServerProtocol):
-        self.tunnel = tunnel
-
-    def buildProtocol(self, addr):
-        if self.tunnel.mux is None or self.tunnel.mux.lost:
-            return None
-        return LocalConnectionProtocol(self.tunnel)
+    backuppc_conf: Path = attrs.field(converter=Path)
+    keepalive: float = attrs.field(default=30.0, validator=[instance_of(float), ge(0.1)])
+    probe_timeout: float = attrs.field(default=5.0, validator=[instance_of(float), ge(0.01)])
+    check_interval: float = attrs.field(default=5.0, validator=[instance_of(float), ge(0.01)])
+    idle_timeout: float = attrs.field(default=3600.0, validator=[instance_of(float), ge(1.0)])
+    max_connection_time: float = attrs.field(default=4 * 3600.0,
+                                             validator=[instance_of(float), ge(1.0)])
+    max_channels: int = attrs.field(default=16, validator=[instance_of(int), ge(1)])
+    max_unauthenticated: int = attrs.field(default=16, validator=[instance_of(int), ge(1)])
 
 
 class TunnelServerProtocol(WebSocketServerProtocol):
@@ -171,7 +84,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     the HTTP error of the handshake, whose reason phrase the client prints.
     """
 
-    # Autobahn keeps its own (txaio) logger in self._log.
+    # Autobahn keeps its own (txaio) logger in self.log.
     _log = Logger()
 
     host: str | None = None
@@ -179,10 +92,36 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     mux: Multiplexer | None = None
     listening_port: IListeningPort | None = None
     peer_address: str = ""
+    peer_ip: str = ""
+    common_name: str = ""
+    fingerprint: str = ""
     _cleaned_up = False
+    _unauthenticated = False
+    _started = False
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer_ip = getattr(peer, "host", "?")
+        self.peer_address = _peer_of(self.transport)
+        self._down = Deferred()
+        self._pings: dict[bytes, Deferred] = {}
+        if not self.factory.count_unauthenticated(self.peer_ip, +1):
+            self._log.warn("dropping a connection from {peer}: more than {limit} connections "
+                           "from {ip} have not authenticated yet", peer=self.peer_address,
+                           limit=self.factory.settings.max_unauthenticated, ip=self.peer_ip)
+            self.factory.count_unauthenticated(self.peer_ip, -1)
+            self.transport.abortConnection()
+            return
+        self._unauthenticated = True
+        self._started = True
+        super().connectionMade()
+
+    def _authenticated(self) -> None:
+        if self._unauthenticated:
+            self._unauthenticated = False
+            self.factory.count_unauthenticated(self.peer_ip, -1)
 
     def onConnect(self, request):
-        self.peer_address = _peer_of(self.transport)
         if request.path != TUNNEL_PATH:
             self._deny(404, f"no tunnel at {request.path[:100]}; the path is {TUNNEL_PATH}")
         if framing.SUBPROTOCOL not in request.protocols:
@@ -204,12 +143,11 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         der = peer_certificate_der(self.transport)
         if der is None:
             raise UnknownHost("(no certificate)", "no client certificate was presented")
-        name = common_name(der)
-        settings = self.factory.authorize(name, fingerprint_sha256(der))
-        self.factory.registry.reserve(settings.host, self)
-        self.host = settings.host
-        self.settings = settings
-        d = self.factory.listen_local(settings.port, LocalListenerFactory(self))
+        self.common_name, self.fingerprint = common_name(der), fingerprint_sha256(der)
+        settings = self.factory.authorize(self.common_name, self.fingerprint)
+        self.host, self.settings = settings.host, settings
+        d = self.factory.registry.claim(settings.host, self)
+        d.addCallback(lambda _: self.factory.listen_local(settings.port, LocalListenerFactory(self)))
         return d.addCallbacks(self._listening, self._listen_failed)
 
     def _listening(self, port: IListeningPort) -> None:
@@ -217,9 +155,12 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             port.stopListening()
             return
         self.listening_port = port
-        self.mux = Multiplexer(self._send_message, is_server=True, name=self.host)
+        self.mux = Multiplexer(self._send_message, is_server=True, name=self.host,
+                               on_pong=self._pong, clock=self.factory.reactor)
 
     def _listen_failed(self, failure):
+        if failure.check(Refused):
+            return failure
         self.factory.registry.release(self.host, self)
         raise PortUnavailable(
             self.host,
@@ -250,6 +191,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(500, "internal server error; see the server log")
 
     def onOpen(self) -> None:
+        self._authenticated()
         self.registerProducer(self.mux, True)
         self.factory.notify("up", self)
         self._log.info(
@@ -282,10 +224,97 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             client_name=self.host,
             error=what,
         )
-        self.sendClose(code=framing.WS_CLOSE_PROTOCOL_ERROR, reason=f"protocol error: {what}"[:120])
+        self.close_tunnel(framing.WS_CLOSE_PROTOCOL_ERROR, f"protocol error: {what}")
+
+    # -- probes, checks and being replaced ---------------------------------
+
+    def probe(self, timeout: float) -> Deferred:
+        """Fires with whether the client answers a PING within C{timeout} seconds."""
+        if self.mux is None:
+            return succeed(not self._cleaned_up)  # still in its own handshake
+        nonce = os.urandom(8)
+        d = Deferred()
+        self._pings[nonce] = d
+        call = self.factory.reactor.callLater(timeout, self._ping_timed_out, nonce)
+        d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
+        self.mux.send(framing.Ping(nonce))
+        return d
+
+    def _ping_timed_out(self, nonce: bytes) -> None:
+        d = self._pings.pop(nonce, None)
+        if d is not None:
+            d.callback(False)
+
+    def _pong(self, payload: bytes) -> None:
+        d = self._pings.pop(payload, None)
+        if d is not None:
+            d.callback(True)
+
+    def replace(self, reason: str) -> Deferred:
+        """Drop this (unresponsive) tunnel; fires once its port is closed."""
+        self._log.warn("dropping the tunnel of {client_name} from {peer}: {reason}",
+                       client_name=self.host, peer=self.peer_address, reason=reason)
+        self._cleanup(reason)
+        self.dropConnection(abort=True)
+        return self._down
+
+    def may_carry_connection(self) -> bool:
+        """Whether BackupPC may open one more connection through this tunnel now."""
+        if self.mux is None or self.mux.lost or not self.still_authorized():
+            return False
+        if len(self.mux.channels) >= self.factory.settings.max_channels:
+            self._log.warn("refusing a connection to {client_name}: it already carries {count} "
+                           "connections (the maximum)", client_name=self.host,
+                           count=len(self.mux.channels))
+            return False
+        return True
+
+    def still_authorized(self) -> bool:
+        """Check the certificate against the host config again; drop the tunnel if revoked."""
+        try:
+            settings = self.factory.authorize(self.common_name, self.fingerprint)
+        except Refused as e:
+            self.close_tunnel(framing.WS_CLOSE_REVOKED, str(e), log=True)
+            return False
+        except BpcTunnelError as e:
+            # The server's own files are broken (say, hosts vanished): keep
+            # serving the tunnels we have, and say so.
+            self._log.error("cannot re-check {client_name}: {error}", client_name=self.host,
+                            error=str(e))
+            return True
+        if settings.port != self.settings.port:
+            self.close_tunnel(framing.WS_CLOSE_NORMAL,
+                              f"RsyncdClientPort of {self.host} changed from {self.settings.port} "
+                              f"to {settings.port}; reconnect to use it", log=True)
+            return False
+        return True
+
+    def check(self, now: float) -> None:
+        """The periodic check: authorization, then carried connections' timeouts."""
+        if self.mux is None or self.mux.lost or not self.still_authorized():
+            return
+        settings = self.factory.settings
+        for channel in list(self.mux.channels.values()):
+            if now - channel.opened_at > settings.max_connection_time:
+                channel.reset(f"open for more than {settings.max_connection_time:g} seconds "
+                              f"(--max-connection-time)")
+            elif now - channel.last_activity > settings.idle_timeout:
+                channel.reset(f"idle for more than {settings.idle_timeout:g} seconds "
+                              f"(--idle-timeout)")
+
+    def close_tunnel(self, code: int, reason: str, log: bool = False) -> None:
+        """Close from the server side with a reason the client shows; free the port now."""
+        if log:
+            self._log.warn("dropping the tunnel of {client_name}: {reason}",
+                           client_name=self.host, reason=reason)
+        if self.state == self.STATE_OPEN:
+            self.sendClose(code=code, reason=_close_reason(reason))
+        self._cleanup(reason)
+
+    # -- the end -----------------------------------------------------------
 
     def onClose(self, wasClean: bool, code, reason) -> None:
-        if self.host is not None and self.mux is not None:
+        if self.host is not None and self.mux is not None and not self._cleaned_up:
             self._log.info(
                 "tunnel of {client_name} closed: {reason}",
                 client_name=self.host,
@@ -298,29 +327,32 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             # The client never got past TLS: say why, for the admin.
             self._log.warn(
                 "TLS handshake with {peer} failed: {error}",
-                peer=_peer_of(self.transport),
+                peer=self.peer_address,
                 error=tls_error_text(reason.value),
             )
-        super().connectionLost(reason)
-        self._cleanup("the tunnel connection was lost")
+        self._authenticated()
+        if self._started:
+            super().connectionLost(reason)
+            self._cleanup("the tunnel connection was lost")
 
     def _cleanup(self, why: str) -> None:
         if self._cleaned_up:
             return
         self._cleaned_up = True
+        for d in list(self._pings.values()):
+            d.callback(False)
+        self._pings.clear()
         if self.mux is not None:
             self.mux.tunnel_lost(f"the tunnel of {self.host} closed: {why}")
+        closed = succeed(None)
         if self.listening_port is not None:
             port, self.listening_port = self.listening_port, None
-            port.stopListening()
+            closed = maybeDeferred(port.stopListening)
         if self.host is not None:
             self.factory.registry.release(self.host, self)
         if self.mux is not None:
             self.factory.notify("down", self)
-
-    def drop(self, reason: str) -> None:
-        """Close this tunnel from the server side."""
-        self.sendClose(code=framing.WS_CLOSE_NORMAL, reason=reason[:120])
+        closed.chainDeferred(self._down)
 
 
 def _peer_of(transport) -> str:
@@ -342,23 +374,24 @@ def _reason_phrase(text: str) -> str:
     return " ".join(text.split())
 
 
-@attrs.frozen
-class ServerSettings:
-    """Where the server finds BackupPC's configuration."""
-
-    backuppc_conf: Path
+def _close_reason(text: str) -> str:
+    # A WebSocket close reason is at most 123 bytes of UTF-8.
+    data = _reason_phrase(text).encode("utf-8")[:123]
+    return data.decode("utf-8", "ignore")
 
 
 class TunnelServerFactory(WebSocketServerFactory):
     """
-    Makes L{TunnelServerProtocol}s.
+    Makes L{TunnelServerProtocol}s, and checks the live tunnels every
+    C{settings.check_interval} seconds while it is started.
 
-    @param reactor: used for the per-client listeners.
+    @param reactor: the reactor (listeners, timers).
     @param listen_local: C{(port, factory) -> Deferred[IListeningPort]}, by
         default a TCP listener on 127.0.0.1.
     """
 
     protocol = TunnelServerProtocol
+    _log = Logger()
 
     def __init__(
         self,
@@ -370,10 +403,15 @@ class TunnelServerFactory(WebSocketServerFactory):
         super().__init__(url, protocols=[framing.SUBPROTOCOL], reactor=reactor)
         self.reactor = reactor
         self.settings = settings
-        self.registry = TunnelRegistry()
+        self.registry = TunnelRegistry(settings.probe_timeout)
         self.listen_local = listen_local or self._listen_tcp
         #: Callables C{(event, tunnel)} told of each tunnel going "up" and "down".
         self.observers: list[Callable] = []
+        self._read_hosts = FileCache(read_hosts)
+        self._read_config = FileCache(read_perl_config)
+        self._unauthenticated: dict[str, int] = {}
+        self._checker = LoopingCall(self.check_tunnels)
+        self._checker.clock = reactor
         self.setProtocolOptions(
             # Our messages are binary; a DATA message is at most 64 KiB plus header.
             maxFramePayloadSize=1024 * 1024,
@@ -381,14 +419,47 @@ class TunnelServerFactory(WebSocketServerFactory):
             openHandshakeTimeout=30,
             # No HTML status page for plain HTTP requests: nothing to see here.
             webStatus=False,
+            autoPingInterval=settings.keepalive,
+            autoPingTimeout=settings.keepalive,
         )
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if not self._checker.running:
+            self._checker.start(self.settings.check_interval, now=False).addErrback(
+                lambda f: self._log.failure("the tunnel checks stopped", f))
+
+    def stopFactory(self) -> None:
+        if self._checker.running:
+            self._checker.stop()
+        super().stopFactory()
+
+    def check_tunnels(self) -> None:
+        """Check every live tunnel (see L{TunnelServerProtocol.check})."""
+        now = self.reactor.seconds()
+        for tunnel in self.registry:
+            try:
+                tunnel.check(now)
+            except Exception:
+                self._log.failure("checking the tunnel of {client_name} failed",
+                                  client_name=tunnel.host)
+
+    def count_unauthenticated(self, ip: str, delta: int) -> bool:
+        """Count connections from C{ip} not yet authenticated; False if over the limit."""
+        count = self._unauthenticated.get(ip, 0) + delta
+        if count <= 0:
+            self._unauthenticated.pop(ip, None)
+        else:
+            self._unauthenticated[ip] = count
+        return count <= self.settings.max_unauthenticated
 
     def notify(self, event: str, tunnel: TunnelServerProtocol) -> None:
         for observer in list(self.observers):
             observer(event, tunnel)
 
     def authorize(self, common_name: str, fingerprint: str) -> TunnelSettings:
-        return authorize(self.settings.backuppc_conf, common_name, fingerprint)
+        return authorize(self.settings.backuppc_conf, common_name, fingerprint,
+                         read_hosts_file=self._read_hosts, read_config=self._read_config)
 
     def _listen_tcp(self, port: int, factory: Factory) -> Deferred:
         return TCP4ServerEndpoint(self.reactor, port, interface="127.0.0.1").listen(factory)

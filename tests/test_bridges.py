@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher, formatEvent
 from bpctunnel import framing
 from bpctunnel.mux import Multiplexer
 from bpctunnel.rsync_bridge import KILL_GRACE, RsyncLauncher, RsyncProcessProtocol, rsync_argv
-from bpctunnel.server import LocalConnectionProtocol
+from bpctunnel.local import LocalConnectionProtocol
 from tests.test_mux import Wire
 
 

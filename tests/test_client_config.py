@@ -71,6 +71,36 @@ class ClientConfigTests(SynchronousTestCase):
         self.assertConfigError("rsync binary 'no-such-rsync' not found", self.path,
                                {"rsync": "no-such-rsync"})
 
+    def test_writable_module_refused(self):
+        """A writable module stops the client unless restores are allowed on purpose."""
+        path = self.sandbox.write_client_config(
+            self.files, "wss://b:8443/tunnel", {"docs": self.root, "restore": self.root},
+            writable=("restore",))
+        self.assertConfigError("has writable module(s) restore (read only = no)", path)
+        allowed = self.sandbox.write_client_config(
+            self.files, "wss://b:8443/tunnel", {"restore": self.root}, writable=("restore",),
+            allow_restore="yes")
+        self.assertTrue(load_client_config(allowed).allow_restore)
+
+    def test_global_read_only_no(self):
+        """'read only = no' in the global section makes every module writable."""
+        conf = self.files.cert.parent / "rsyncd.conf"
+        conf.write_text("read only = no\n[docs]\n    path = /tmp\n[etc]\n    path = /etc\n"
+                        "    read only = yes\n")
+        self.assertConfigError("writable module(s) docs (read only", self.path)
+
+    def test_timing_settings(self):
+        path = self.files.cert.parent / "t.conf"
+        path.write_text(self.path.read_text() + "keepalive = 5\nretry_max = 60\n")
+        config = load_client_config(path)
+        self.assertEqual((config.keepalive, config.retry_max, config.retry_initial), (5.0, 60.0, 1.0))
+        path.write_text(self.path.read_text() + "keepalive = soon\n")
+        self.assertConfigError("keepalive = soon in", path)
+        path.write_text(self.path.read_text() + "keepalive = 0.1\n")
+        self.assertConfigError("must be at least 1.0 seconds", path)
+        path.write_text(self.path.read_text() + "allow_restore = maybe\n")
+        self.assertConfigError("must be yes or no", path)
+
     def test_server_url_forms(self):
         self.assertEqual(parse_server_url("wss://[::1]:9/tunnel"), ("::1", 9))
         for bad, words in [("ws://x/tunnel", "must be a wss:// URL"),

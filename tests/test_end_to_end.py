@@ -46,13 +46,14 @@ class TunnelTestCase(TestCase):
             (event, tunnel.host)))
 
     def add_client(self, host, modules, port=None, register=True, files=None, url=None,
-                   protocols=None):
+                   protocols=None, **settings):
         """Register C{host} (unless told not to) and start its client."""
         files = files or self.sandbox.issue_client(host)
         port = port if port is not None else free_port()
         if register:
             self.sandbox.register(host, port, files.fingerprint)
-        config = self.sandbox.write_client_config(files, url or self.server.url, modules, self.rsync)
+        config = self.sandbox.write_client_config(files, url or self.server.url, modules, self.rsync,
+                                                  **settings)
         client = start_client(reactor, config)
         if protocols is not None:
             client.factory.protocols = protocols  # before the reactor runs the connection
@@ -217,9 +218,12 @@ class RefusalTests(TunnelTestCase):
         server restart: the config is read for every new tunnel) it gets in.
         """
         files = self.sandbox.issue_client("newlaptop")
-        client, port, _ = self.add_client("newlaptop", {"m": self.root}, register=False, files=files)
+        client, port, _ = self.add_client("newlaptop", {"m": self.root}, register=False, files=files,
+                                          retry_max=1)
         detail = yield client.events.next("closed").addTimeout(TIMEOUT, reactor)
         self.assertTrue(detail.startswith("unknown host for newlaptop"), detail)
+        line = yield self.logs.wait_for("refused by server: unknown host for newlaptop")
+        self.assertIn("(retrying every 1 second until then)", line)
         self.sandbox.register("newlaptop", port, files.fingerprint)
         yield client.events.next("open").addTimeout(TIMEOUT, reactor)
         self.assertEqual(self.server_events, [("up", "newlaptop")])
