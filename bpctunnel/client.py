@@ -19,6 +19,7 @@ from bpctunnel.errors import ProtocolError
 from bpctunnel.mux import Channel, Multiplexer
 from bpctunnel.retry import RetryPolicy, needs_admin
 from bpctunnel.rsync_bridge import RsyncLauncher
+from bpctunnel.timers import ReactorTimer, cancel_close_timeout
 from bpctunnel.tls import client_tls_options
 
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]: (.*?)\"?\)?$")
@@ -126,6 +127,10 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         self.unregisterProducer()
         self.sendClose(code=framing.WS_CLOSE_NORMAL, reason=reason[:120])
 
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        cancel_close_timeout(self)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.mux is None:
             return
@@ -198,6 +203,7 @@ class TunnelClientFactory(WebSocketClientFactory):
             autoPingInterval=config.keepalive,
             autoPingTimeout=config.keepalive,
         )
+        self._batched_timer = ReactorTimer(reactor)
         self.retry_policy = RetryPolicy(initial=config.retry_initial, maximum=config.retry_max)
         self.observers: list = []
         #: The open tunnel, if any.

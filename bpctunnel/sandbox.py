@@ -177,15 +177,17 @@ class RunningServer:
 
 
 def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.0.0.1", *,
-                 certs_dir: Path | None = None, conf_dir: Path | None = None) -> Deferred:
+                 certs_dir: Path | None = None, conf_dir: Path | None = None, port: int = 0,
+                 **settings) -> Deferred:
     """
-    Listen on C{interface}, port 0, with the sandbox's files (or the given
-    folders); fires with a L{RunningServer}.
+    Listen on C{interface}:C{port} (any free port by default) with the
+    sandbox's files (or the given folders); C{settings} are more
+    L{ServerSettings}.  Fires with a L{RunningServer}.
     """
     certs_dir = certs_dir or sandbox.certs_dir
     conf_dir = conf_dir or sandbox.conf_dir
-    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir))
-    endpoint = SSL4ServerEndpoint(reactor, 0, server_tls_options(certs_dir), interface=interface)
+    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir, **settings))
+    endpoint = SSL4ServerEndpoint(reactor, port, server_tls_options(certs_dir), interface=interface)
     return endpoint.listen(factory).addCallback(lambda port: RunningServer(factory, port))
 
 

@@ -41,6 +41,7 @@ from bpctunnel.mux import Multiplexer
 from bpctunnel.pki import common_name, fingerprint_sha256
 from bpctunnel.registry import TunnelRegistry
 from bpctunnel.tls import peer_certificate_der
+from bpctunnel.timers import ReactorTimer, cancel_close_timeout
 
 TUNNEL_PATH = "/tunnel"
 
@@ -333,6 +334,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self._authenticated()
         if self._started:
             super().connectionLost(reason)
+            cancel_close_timeout(self)
             self._cleanup("the tunnel connection was lost")
 
     def _cleanup(self, why: str) -> None:
@@ -412,6 +414,7 @@ class TunnelServerFactory(WebSocketServerFactory):
         self._unauthenticated: dict[str, int] = {}
         self._checker = LoopingCall(self.check_tunnels)
         self._checker.clock = reactor
+        self._batched_timer = ReactorTimer(reactor)
         self.setProtocolOptions(
             # Our messages are binary; a DATA message is at most 64 KiB plus header.
             maxFramePayloadSize=1024 * 1024,

@@ -43,6 +43,13 @@ class Options(usage.Options):
         ["listen", "l", "8443", "[ADDRESS:]PORT for the wss listener (IPv6 in brackets)."],
         ["certs", "c", "/etc/bpctunnel", "Folder holding ca.crt, server.crt and server.key."],
         ["backuppc-conf", "b", "/etc/backuppc", "BackupPC's configuration folder."],
+        ["keepalive", None, 30.0, "Seconds between pings; a client silent for two is dropped.",
+         float],
+        ["idle-timeout", None, 3600.0, "Close a carried connection idle this many seconds.", float],
+        ["max-connection-time", None, 14400.0, "Close a carried connection open this long.", float],
+        ["probe-timeout", None, 5.0, "Seconds an old tunnel has to answer when its host "
+                                      "reconnects, before it is replaced.", float],
+        ["max-channels", None, 16, "Connections one client may carry at once.", int],
     ]
 
     def postOptions(self) -> None:
@@ -53,8 +60,14 @@ class Options(usage.Options):
             if not conf.is_dir():
                 raise BpcTunnelError(f"BackupPC config folder {conf} does not exist (--backuppc-conf)")
             read_hosts(conf / "hosts")
+            self["settings"] = ServerSettings(
+                backuppc_conf=conf, keepalive=self["keepalive"], idle_timeout=self["idle-timeout"],
+                max_connection_time=self["max-connection-time"],
+                probe_timeout=self["probe-timeout"], max_channels=self["max-channels"])
         except BpcTunnelError as e:
             raise usage.UsageError(str(e)) from None
+        except ValueError as e:
+            raise usage.UsageError(f"bad option value: {e}") from None
 
 
 class _LoggingEndpointService(StreamServerEndpointService):
@@ -81,6 +94,6 @@ def makeService(options: Options, reactor=None):
         from twisted.internet import reactor
     address = options["listen_address"]
     conf = Path(options["backuppc-conf"])
-    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf))
+    factory = TunnelServerFactory(reactor, options["settings"])
     endpoint = SSL4ServerEndpoint(reactor, address.port, options["tls"], interface=address.interface)
     return _LoggingEndpointService(endpoint, factory, f"BackupPC config in {conf}")

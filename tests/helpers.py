@@ -148,3 +148,65 @@ def run_cli(testcase, *args: str, cwd: Path | None = None) -> Deferred:
     """Run C{bpctunnel ARGS} as a process; fires with (exit code, output)."""
     process = spawn(testcase, [sys.executable, "-m", "bpctunnel", *args], cwd=cwd)
     return process.ended.addCallback(lambda code: (code, process.text))
+
+
+class _ProxySide(Protocol):
+    """One side of a L{FreezableProxy} connection."""
+
+    def __init__(self, proxy, peer=None):
+        self.proxy = proxy
+        self.peer = peer
+        self.buffer = []
+
+    def connectionMade(self):
+        self.proxy.transports.append(self.transport)
+        if self.proxy.frozen:
+            self.transport.pauseProducing()
+        if self.peer is None:
+            # The accepted side: connect onward, and hold data until connected.
+            self.transport.pauseProducing()
+            other = _ProxySide(self.proxy, peer=self)
+            connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target), other)
+        else:
+            self.peer.peer = self
+            if not self.proxy.frozen:
+                self.peer.transport.resumeProducing()
+
+    def dataReceived(self, data):
+        self.peer.transport.write(data)
+
+    def connectionLost(self, reason):
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class FreezableProxy:
+    """
+    A TCP forwarder from 127.0.0.1:<port> to 127.0.0.1:<target>.  C{freeze()}
+    stops it forwarding in both directions without closing anything: a
+    network path that silently died.
+    """
+
+    def __init__(self, testcase, target: int):
+        from twisted.internet.protocol import Factory
+
+        self.target = target
+        self.frozen = False
+        self.transports = []
+        self.port = reactor.listenTCP(0, Factory.forProtocol(lambda: _ProxySide(self)),
+                                      interface="127.0.0.1")
+        testcase.addCleanup(self.close)
+
+    @property
+    def number(self) -> int:
+        return self.port.getHost().port
+
+    def freeze(self) -> None:
+        self.frozen = True
+        for transport in self.transports:
+            transport.pauseProducing()
+
+    def close(self):
+        for transport in self.transports:
+            transport.abortConnection()
+        return self.port.stopListening()

@@ -32,6 +32,8 @@ class TunnelTestCase(TestCase):
     """A sandbox and a running server; helpers to connect clients."""
 
     timeout = 300
+    #: More ServerSettings for this class's server.
+    server_settings: dict = {}
 
     @inlineCallbacks
     def setUp(self):
@@ -39,7 +41,7 @@ class TunnelTestCase(TestCase):
         self.root = temp_dir(self)
         self.sandbox = Sandbox.create(self.root)
         self.logs = LogCapture(self)
-        self.server = yield start_server(reactor, self.sandbox)
+        self.server = yield start_server(reactor, self.sandbox, **self.server_settings)
         self.addCleanup(self.server.stop)
         self.server_events = []
         self.server.factory.observers.append(lambda event, tunnel: self.server_events.append(
