@@ -23,6 +23,11 @@ class _Command(usage.Options):
     (`register-client HOST --port N`); plain getopt would stop at HOST.
     """
 
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"bpctunnel {bpctunnel.__version__}")
+        sys.exit(0)
+
     def parseOptions(self, options=None):
         options = sys.argv[1:] if options is None else options
         try:
@@ -47,6 +52,13 @@ class _Paths(_Command):
         from bpctunnel.admin import Paths
 
         return Paths(Path(self["certs"]), Path(self["backuppc-conf"]))
+
+
+class _Api(_Command):
+    optParameters = [
+        ["api", "a", "http://127.0.0.1:8444", "The server's status API (its --api-listen)."],
+        ["api-token-file", None, None, "File with the API token (or set BPCTUNNEL_API_TOKEN)."],
+    ]
 
 
 def _positive(value: str) -> int:
@@ -139,7 +151,10 @@ class HostOptions(_Paths):
 
 class RevokeOptions(HostOptions):
     synopsis = "HOST"
-    longdesc = "Removes HOST's TunnelCert from its host config: its client is refused from now on."
+    longdesc = ("Removes HOST's TunnelCert from its host config: its client is refused from now "
+                "on, and a live tunnel is dropped within seconds.  Asks the running server "
+                "(--api) whether HOST's tunnel is live.")
+    optParameters = _Api.optParameters
 
 
 class RequestCertOptions(_Command):
@@ -166,6 +181,25 @@ class CheckOptions(_Paths):
         self["host"] = host
 
 
+class StatusOptions(_Api):
+    synopsis = "[--json]"
+    longdesc = "The connected tunnels, from the running server's status API."
+    optFlags = [["json", "j", "Print the API's JSON, for scripts."]]
+
+
+class PingOptions(_Api):
+    synopsis = "HOST [--count N]"
+    longdesc = ("A round trip to HOST through its tunnel, for BackupPC's $Conf{PingCmd} "
+                "('/usr/bin/bpctunnel ping $host'): prints time=... and rtt min/avg/max/mdev "
+                "lines and exits 0 when the tunnel is up; says why and exits 1 when it is not, "
+                "so that BackupPC treats the host as offline.")
+    optParameters = [["count", "n", 3, "Round trips to measure.", int],
+                     ["timeout", "t", 5.0, "Seconds to wait for each answer.", float]]
+
+    def parseArgs(self, host):
+        self["host"] = host
+
+
 class Options(usage.Options):
     """Top-level options of C{bpctunnel}."""
 
@@ -179,6 +213,8 @@ class Options(usage.Options):
         ["renew", None, RenewOptions, "Give a laptop a new certificate."],
         ["list", None, ListOptions, "List the tunnel hosts."],
         ["check", None, CheckOptions, "Explain every misconfiguration."],
+        ["status", None, StatusOptions, "Show the connected tunnels (running server)."],
+        ["ping", None, PingOptions, "Round trip to a host through its tunnel (for PingCmd)."],
     ]
 
     def opt_version(self) -> None:
@@ -199,9 +235,24 @@ def _register_kwargs(o) -> dict:
                 port_range=o["port_range"], url=o["server-url"])
 
 
+def _live_tunnel_note(o) -> str:
+    from bpctunnel import api_client
+
+    host = o["host"].lower()
+    try:
+        info = api_client.call("GET", o["api"], f"/api/v1/tunnels/{host}",
+                               api_client.api_token(o["api-token-file"]), timeout=10)
+    except api_client.NotFound:
+        return f"no tunnel for {host} is up now"
+    except api_client.ApiError as e:
+        return f"could not ask the server whether {host} is connected: {e}"
+    return (f"a tunnel for {host} is live (from {info['client_address']} since "
+            f"{info['connected_since']}); the server drops it within 10 seconds")
+
+
 def run(command: str, o) -> int:
     """Run one admin subcommand; returns the exit status."""
-    from bpctunnel import admin, health
+    from bpctunnel import admin, api_client, health
 
     if command == "init-ca":
         lines = admin.init_ca(admin.Paths(certs=Path(o["certs"])), o["server_name"], o["days"],
@@ -213,7 +264,27 @@ def run(command: str, o) -> int:
     elif command == "renew":
         lines = list(admin.renew(o.paths(), o["host"], **_register_kwargs(o)).messages)
     elif command == "revoke":
-        lines = admin.revoke(o.paths(), o["host"])
+        lines = admin.revoke(o.paths(), o["host"]) + [_live_tunnel_note(o)]
+    elif command == "status":
+        answer = api_client.call("GET", o["api"], "/api/v1/tunnels",
+                                 api_client.api_token(o["api-token-file"]))
+        if o["json"]:
+            import json
+
+            lines = [json.dumps(answer, indent=1)]
+        else:
+            lines = [api_client.format_status(answer["tunnels"])]
+    elif command == "ping":
+        host = o["host"].lower()
+        try:
+            answer = api_client.call(
+                "POST", o["api"], f"/api/v1/tunnels/{host}/ping?count={o['count']}"
+                                  f"&timeout={o['timeout']}",
+                api_client.api_token(o["api-token-file"]), timeout=o["count"] * o["timeout"] + 10)
+        except api_client.ApiError as e:
+            print(f"{host} is not reachable through bpctunnel: {e}")
+            return 1
+        lines = api_client.ping_lines(answer)
     elif command == "request-cert":
         lines = admin.request_cert(o["host"], Path(o["out"]))
     elif command == "list":

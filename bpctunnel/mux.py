@@ -193,6 +193,7 @@ class Channel:
             )
         self._peer_may_send -= len(payload)
         self.bytes_in += len(payload)
+        self.mux.bytes_in += len(payload)
         self.last_activity = self.mux.seconds()
         if self.local is None:
             return
@@ -259,6 +260,7 @@ class Channel:
                 chunk = chunk[:size]
             self._credit -= size
             self.bytes_out += size
+            self.mux.bytes_out += size
             send(framing.Data(self.channel_id, chunk))
         if not self._pending and self._close_wanted is not None and (
             self._close_wanted[0] == framing.CLOSE_ERROR or not self.accepted
@@ -345,6 +347,9 @@ class Multiplexer:
         self.paused = False
         self.lost = False
         self.channels_opened = 0
+        #: Payload bytes carried, over all channels.
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def send(self, message: framing.Message) -> None:
         """Encode and send one message, unless the tunnel is gone."""

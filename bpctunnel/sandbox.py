@@ -20,6 +20,7 @@ from bpctunnel import pki
 from bpctunnel.client import TunnelClientFactory, make_client_service
 from bpctunnel.client_config import ClientConfig, load_client_config
 from bpctunnel.server import ServerSettings, TunnelServerFactory
+from bpctunnel.status import make_api_site
 from bpctunnel.tls import server_tls_options
 
 HOSTS_HEADER = "host        dhcp    user    moreUsers\n"
@@ -164,31 +165,45 @@ class RunningServer:
 
     factory: TunnelServerFactory
     port: object
+    api_port: object = None
 
     @property
     def url(self) -> str:
         address = self.port.getHost()
         return f"wss://{address.host}:{address.port}/tunnel"
 
+    @property
+    def api_url(self) -> str:
+        address = self.api_port.getHost()
+        return f"http://{address.host}:{address.port}"
+
     def stop(self) -> Deferred:
         for tunnel in self.factory.registry:
             tunnel.dropConnection(abort=True)
+        if self.api_port is not None:
+            self.api_port.stopListening()
         return self.port.stopListening()
 
 
 def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.0.0.1", *,
                  certs_dir: Path | None = None, conf_dir: Path | None = None, port: int = 0,
-                 **settings) -> Deferred:
+                 api_token: str | None = None, **settings) -> Deferred:
     """
     Listen on C{interface}:C{port} (any free port by default) with the
     sandbox's files (or the given folders); C{settings} are more
-    L{ServerSettings}.  Fires with a L{RunningServer}.
+    L{ServerSettings}.  The status API listens on 127.0.0.1, port 0.  Fires
+    with a L{RunningServer}.
     """
     certs_dir = certs_dir or sandbox.certs_dir
     conf_dir = conf_dir or sandbox.conf_dir
     factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir, **settings))
     endpoint = SSL4ServerEndpoint(reactor, port, server_tls_options(certs_dir), interface=interface)
-    return endpoint.listen(factory).addCallback(lambda port: RunningServer(factory, port))
+
+    def listening(port):
+        api = reactor.listenTCP(0, make_api_site(factory, api_token), interface="127.0.0.1")
+        return RunningServer(factory, port, api)
+
+    return endpoint.listen(factory).addCallback(listening)
 
 
 class TunnelEvents:

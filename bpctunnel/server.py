@@ -37,8 +37,9 @@ from bpctunnel.backuppc import TunnelSettings, authorize, read_hosts, read_perl_
 from bpctunnel.errors import BpcTunnelError, PortUnavailable, ProtocolError, Refused, UnknownHost
 from bpctunnel.filecache import FileCache
 from bpctunnel.local import LocalListenerFactory
+from bpctunnel.metrics import ServerMetrics
 from bpctunnel.mux import Multiplexer
-from bpctunnel.pki import common_name, fingerprint_sha256
+from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.registry import TunnelRegistry
 from bpctunnel.tls import peer_certificate_der
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
@@ -96,6 +97,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     peer_ip: str = ""
     common_name: str = ""
     fingerprint: str = ""
+    connected_at: float | None = None
+    certificate_expires = None
     _cleaned_up = False
     _unauthenticated = False
     _started = False
@@ -138,6 +141,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
 
     def _deny(self, status: int, reason: str):
         self._log.warn("refused {peer}: {reason}", peer=self.peer_address, reason=reason)
+        self.factory.metrics.refusals.labels(reason.split(":")[0].split(";")[0]).inc()
         raise ConnectionDeny(status, _reason_phrase(reason))
 
     def _authorize(self) -> Deferred:
@@ -145,6 +149,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         if der is None:
             raise UnknownHost("(no certificate)", "no client certificate was presented")
         self.common_name, self.fingerprint = common_name(der), fingerprint_sha256(der)
+        self.certificate_expires = not_after(der)
         settings = self.factory.authorize(self.common_name, self.fingerprint)
         self.host, self.settings = settings.host, settings
         d = self.factory.registry.claim(settings.host, self)
@@ -171,6 +176,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         )
 
     def _refuse(self, failure):
+        reason = failure.value.reason if failure.check(Refused) else "server error"
+        self.factory.metrics.refusals.labels(reason).inc()
         if failure.check(Refused):
             error = failure.value
             self._log.warn(
@@ -193,6 +200,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._authenticated()
+        self.connected_at = self.factory.reactor.seconds()
+        self.factory.metrics.handshakes.inc()
         self.registerProducer(self.mux, True)
         self.factory.notify("up", self)
         self._log.info(
@@ -233,23 +242,34 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         """Fires with whether the client answers a PING within C{timeout} seconds."""
         if self.mux is None:
             return succeed(not self._cleaned_up)  # still in its own handshake
+        return self.ping(timeout).addCallback(lambda rtt: rtt is not None)
+
+    def ping(self, timeout: float) -> Deferred:
+        """
+        A round trip to the client through the tunnel: fires with the time in
+        seconds, or C{None} if no answer came within C{timeout} seconds.
+        """
+        if self.mux is None or self.mux.lost:
+            return succeed(None)
+        clock = self.factory.reactor
         nonce = os.urandom(8)
         d = Deferred()
-        self._pings[nonce] = d
-        call = self.factory.reactor.callLater(timeout, self._ping_timed_out, nonce)
+        self._pings[nonce] = (d, clock.seconds())
+        call = clock.callLater(timeout, self._ping_timed_out, nonce)
         d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
         self.mux.send(framing.Ping(nonce))
         return d
 
     def _ping_timed_out(self, nonce: bytes) -> None:
-        d = self._pings.pop(nonce, None)
-        if d is not None:
-            d.callback(False)
+        entry = self._pings.pop(nonce, None)
+        if entry is not None:
+            entry[0].callback(None)
 
     def _pong(self, payload: bytes) -> None:
-        d = self._pings.pop(payload, None)
-        if d is not None:
-            d.callback(True)
+        entry = self._pings.pop(payload, None)
+        if entry is not None:
+            d, sent = entry
+            d.callback(self.factory.reactor.seconds() - sent)
 
     def replace(self, reason: str) -> Deferred:
         """Drop this (unresponsive) tunnel; fires once its port is closed."""
@@ -341,9 +361,9 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         if self._cleaned_up:
             return
         self._cleaned_up = True
-        for d in list(self._pings.values()):
-            d.callback(False)
-        self._pings.clear()
+        pings, self._pings = list(self._pings.values()), {}
+        for d, _ in pings:
+            d.callback(None)
         if self.mux is not None:
             self.mux.tunnel_lost(f"the tunnel of {self.host} closed: {why}")
         closed = succeed(None)
@@ -353,6 +373,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         if self.host is not None:
             self.factory.registry.release(self.host, self)
         if self.mux is not None:
+            self.factory.metrics.tunnel_closed(self)
             self.factory.notify("down", self)
         closed.chainDeferred(self._down)
 
@@ -406,6 +427,7 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.reactor = reactor
         self.settings = settings
         self.registry = TunnelRegistry(settings.probe_timeout)
+        self.metrics = ServerMetrics(self.registry)
         self.listen_local = listen_local or self._listen_tcp
         #: Callables C{(event, tunnel)} told of each tunnel going "up" and "down".
         self.observers: list[Callable] = []

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -15,6 +16,7 @@ from bpctunnel.backuppc import read_hosts
 from bpctunnel.errors import BpcTunnelError
 from bpctunnel.listen_address import parse_listen
 from bpctunnel.server import ServerSettings, TunnelServerFactory
+from bpctunnel.status import make_api_site
 from bpctunnel.tls import server_tls_options
 
 LONGDESC = """\
@@ -50,6 +52,10 @@ class Options(usage.Options):
         ["probe-timeout", None, 5.0, "Seconds an old tunnel has to answer when its host "
                                       "reconnects, before it is replaced.", float],
         ["max-channels", None, 16, "Connections one client may carry at once.", int],
+        ["api-listen", None, "tcp:8444:interface=127.0.0.1",
+         "Endpoint of the status API and /metrics; 'none' disables it."],
+        ["api-token-file", None, None, "File holding the API's bearer token (required when the "
+                                       "API listens beyond loopback)."],
     ]
 
     def postOptions(self) -> None:
@@ -64,10 +70,30 @@ class Options(usage.Options):
                 backuppc_conf=conf, keepalive=self["keepalive"], idle_timeout=self["idle-timeout"],
                 max_connection_time=self["max-connection-time"],
                 probe_timeout=self["probe-timeout"], max_channels=self["max-channels"])
+            self["api_token"] = api_token(self["api-listen"], self["api-token-file"])
         except BpcTunnelError as e:
             raise usage.UsageError(str(e)) from None
         except ValueError as e:
             raise usage.UsageError(f"bad option value: {e}") from None
+
+
+def api_token(listen: str, token_file: str | None) -> str | None:
+    """The API token, required unless the API listens on loopback only."""
+    if listen == "none":
+        return None
+    token = None
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise BpcTunnelError(f"cannot read --api-token-file {token_file}: {e.strerror}") from None
+        if len(token) < 16:
+            raise BpcTunnelError(f"the token in {token_file} is shorter than 16 characters")
+    loopback = any(f"interface={a}" in listen for a in ("127.", "localhost", r"\:\:1", "::1"))
+    if not loopback and token is None:
+        raise BpcTunnelError(f"--api-listen {listen} is not loopback-only; give --api-token-file "
+                             f"so that only admins can use the API")
+    return token
 
 
 class _LoggingEndpointService(StreamServerEndpointService):
@@ -96,4 +122,10 @@ def makeService(options: Options, reactor=None):
     conf = Path(options["backuppc-conf"])
     factory = TunnelServerFactory(reactor, options["settings"])
     endpoint = SSL4ServerEndpoint(reactor, address.port, options["tls"], interface=address.interface)
-    return _LoggingEndpointService(endpoint, factory, f"BackupPC config in {conf}")
+    top = MultiService()
+    _LoggingEndpointService(endpoint, factory, f"BackupPC config in {conf}").setServiceParent(top)
+    if options["api-listen"] != "none":
+        api = serverFromString(reactor, options["api-listen"])
+        _LoggingEndpointService(api, make_api_site(factory, options["api_token"]),
+                                "status API and /metrics").setServiceParent(top)
+    return top

@@ -1,0 +1,229 @@
+"""
+The server's status API and metrics, served by C{twisted.web}.
+
+    GET    /api/v1/tunnels              every connected host
+    GET    /api/v1/tunnels/HOST         one
+    DELETE /api/v1/tunnels/HOST         drop that tunnel
+    POST   /api/v1/tunnels/HOST/ping    round trips through the tunnel (?count=3)
+    GET    /metrics                     Prometheus text
+
+Answers and errors are JSON (C{{"error": "..."}}).  Bound to loopback by
+default; bound elsewhere, every request needs C{Authorization: Bearer TOKEN}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import json
+import math
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.defer import gatherResults
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from bpctunnel import framing
+
+PING_TIMEOUT = 5.0
+MAX_PINGS = 20
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec="seconds")
+
+
+def tunnel_info(tunnel) -> dict:
+    """What the API says about one tunnel."""
+    mux = tunnel.mux
+    expires = tunnel.certificate_expires
+    return {
+        "host": tunnel.host,
+        "port": tunnel.settings.port,
+        "client_address": tunnel.peer_address,
+        "connected_since": _iso(tunnel.connected_at),
+        "certificate_expires": expires.isoformat(timespec="seconds") if expires else None,
+        "channels_open": len(mux.channels),
+        "channels_opened": mux.channels_opened,
+        "bytes_to_client": mux.bytes_out,
+        "bytes_from_client": mux.bytes_in,
+        "last_backup": getattr(tunnel, "last_backup", None),
+    }
+
+
+def rtt_summary(rtts_ms: list[float]) -> dict:
+    """min/avg/max/mdev of round trips in milliseconds, as ping(8) computes them."""
+    avg = sum(rtts_ms) / len(rtts_ms)
+    mdev = math.sqrt(sum(r * r for r in rtts_ms) / len(rtts_ms) - avg * avg) if rtts_ms else 0.0
+    return {"min": min(rtts_ms), "avg": avg, "max": max(rtts_ms), "mdev": mdev}
+
+
+def _json(request, status: int, body) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body, indent=1).encode() + b"\n"
+
+
+class _Api(Resource):
+    def __init__(self, factory):
+        super().__init__()
+        self.factory = factory
+
+    def live(self, host: str):
+        tunnel = self.factory.registry.get(host)
+        if tunnel is None or tunnel.mux is None or tunnel.mux.lost:
+            return None
+        return tunnel
+
+    def not_found(self, request, host: str) -> bytes:
+        return _json(request, 404, {"error": f"no tunnel for {host} is up"})
+
+
+class TunnelsResource(_Api):
+    """C{/api/v1/tunnels}."""
+
+    def getChild(self, name: bytes, request):
+        if not name:
+            return self
+        return TunnelResource(self.factory, name.decode("utf-8", "replace").lower())
+
+    def render_GET(self, request) -> bytes:
+        tunnels = sorted((t for t in self.factory.registry if t.mux is not None and not t.mux.lost),
+                         key=lambda t: t.host)
+        return _json(request, 200, {"tunnels": [tunnel_info(t) for t in tunnels]})
+
+
+class TunnelResource(_Api):
+    """C{/api/v1/tunnels/HOST}."""
+
+    log = Logger()
+
+    def __init__(self, factory, host: str):
+        super().__init__(factory)
+        self.host = host
+
+    def getChild(self, name: bytes, request):
+        if name == b"ping":
+            return PingResource(self.factory, self.host)
+        return _NotFound(f"no such resource: {name.decode('utf-8', 'replace')}")
+
+    def render_GET(self, request) -> bytes:
+        tunnel = self.live(self.host)
+        if tunnel is None:
+            return self.not_found(request, self.host)
+        return _json(request, 200, tunnel_info(tunnel))
+
+    def render_DELETE(self, request) -> bytes:
+        tunnel = self.live(self.host)
+        if tunnel is None:
+            return self.not_found(request, self.host)
+        self.log.info("dropping the tunnel of {client_name} at the API's request",
+                      client_name=self.host)
+        tunnel.close_tunnel(framing.WS_CLOSE_NORMAL, f"the tunnel of {self.host} was dropped by "
+                                                     f"an admin")
+        return _json(request, 200, {"dropped": self.host})
+
+
+class PingResource(_Api):
+    """C{/api/v1/tunnels/HOST/ping}: round trips to the client through its tunnel."""
+
+    def __init__(self, factory, host: str):
+        super().__init__(factory)
+        self.host = host
+
+    def render_POST(self, request):
+        tunnel = self.live(self.host)
+        if tunnel is None:
+            return self.not_found(request, self.host)
+        try:
+            count = int(request.args.get(b"count", [b"3"])[0])
+            timeout = float(request.args.get(b"timeout", [str(PING_TIMEOUT).encode()])[0])
+        except ValueError:
+            return _json(request, 400, {"error": "count and timeout must be numbers"})
+        if not 1 <= count <= MAX_PINGS or not 0 < timeout <= 60:
+            return _json(request, 400, {"error": f"count must be 1-{MAX_PINGS}, timeout 0-60 s"})
+        pings = [tunnel.ping(timeout) for _ in range(count)]
+
+        def answer(rtts):
+            if request.finished or request._disconnected:
+                return
+            answered = [r * 1000 for r in rtts if r is not None]
+            for rtt in answered:
+                self.factory.metrics.ping_rtt.observe(rtt / 1000)
+            if not answered:
+                body = _json(request, 504, {"error": f"{self.host} did not answer within "
+                                                      f"{timeout:g} seconds"})
+            else:
+                body = _json(request, 200, {"host": self.host, "sent": count,
+                                            "received": len(answered), "rtt_ms": answered,
+                                            **rtt_summary(answered)})
+            request.write(body)
+            request.finish()
+
+        gatherResults(pings).addCallback(answer)
+        return NOT_DONE_YET
+
+
+class MetricsResource(Resource):
+    """C{/metrics}: Prometheus text."""
+
+    isLeaf = True
+
+    def __init__(self, metrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.metrics.registry)
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def render(self, request) -> bytes:
+        return _json(request, 404, {"error": self.message})
+
+
+class _Guard(Resource):
+    """The root: checks the bearer token (if any), then routes."""
+
+    def __init__(self, factory, token: str | None):
+        super().__init__()
+        self.token = token
+        api = Resource()
+        v1 = Resource()
+        api.putChild(b"v1", v1)
+        v1.putChild(b"tunnels", TunnelsResource(factory))
+        self.children_by_name = {b"api": api, b"metrics": MetricsResource(factory.metrics)}
+
+    def getChild(self, name: bytes, request):
+        if self.token is not None:
+            header = request.getHeader(b"authorization") or b""
+            if not hmac.compare_digest(header, f"Bearer {self.token}".encode()):
+                return _Unauthorized()
+        return self.children_by_name.get(name) or _NotFound(
+            f"no such resource: /{name.decode('utf-8', 'replace')}")
+
+
+class _Unauthorized(Resource):
+    isLeaf = True
+
+    def render(self, request) -> bytes:
+        return _json(request, 401, {"error": "this API needs 'Authorization: Bearer TOKEN'"})
+
+
+def make_api_site(factory, token: str | None = None) -> Site:
+    """The status API and metrics of a L{bpctunnel.server.TunnelServerFactory}."""
+    site = Site(_Guard(factory, token))
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
