@@ -22,6 +22,8 @@ from bpctunnel.mux import Channel, ILocalEnd
 
 #: Seconds rsync may keep running after BackupPC has gone away.
 KILL_GRACE = 10.0
+#: How much of BackupPC's first bytes are looked at for the module name.
+MODULE_HEAD_LIMIT = 1024
 
 
 def rsync_argv(rsync: str, rsyncd_conf: Path) -> list[str]:
@@ -59,6 +61,9 @@ class RsyncProcessProtocol(ProcessProtocol):
         self._stderr = b""
         self._kill_call = None
         self._aborted = False
+        self.module: str | None = None
+        self._head: bytes | None = b""
+        self.started = clock.seconds()
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -100,14 +105,16 @@ class RsyncProcessProtocol(ProcessProtocol):
         self.exit_code = getattr(value, "exitCode", None)
         signal = getattr(value, "signal", None)
         self.log.info(
-            "rsync[{pid}] for channel {channel_id} exited {how}: {bytes_out} bytes sent, "
-            "{bytes_in} bytes received",
+            "rsync[{pid}] for channel {channel_id} exited {how}: module {module}, "
+            "{bytes_out} bytes sent, {bytes_in} bytes received in {duration:.1f} s",
             pid=self.pid,
             channel_id=self.channel.channel_id,
             how=f"with status {self.exit_code}" if signal is None else f"on signal {signal}",
             exit_code=self.exit_code,
+            module=self.module or "(module list)",
             bytes_out=self.channel.bytes_out,
             bytes_in=self.channel.bytes_in,
+            duration=self.clock.seconds() - self.started,
         )
         if reason.check(ProcessDone) or (signal is None and self.exit_code is not None):
             # rsync reports its own errors inside its protocol; the stream
@@ -118,7 +125,19 @@ class RsyncProcessProtocol(ProcessProtocol):
 
     # ILocalEnd
     def write(self, data: bytes) -> None:
+        if self._head is not None:
+            self._read_module(data)
         self.transport.write(data)
+
+    def _read_module(self, data: bytes) -> None:
+        # The daemon protocol starts "@RSYNCD: <version>\n<module>\n" from
+        # BackupPC's side: remember the module, for the log.
+        self._head += data[:MODULE_HEAD_LIMIT]
+        lines = self._head.split(b"\n")
+        if len(lines) >= 3 or len(self._head) >= MODULE_HEAD_LIMIT:
+            if len(lines) >= 3 and lines[0].startswith(b"@RSYNCD:"):
+                self.module = lines[1].decode("utf-8", "replace").strip() or None
+            self._head = None
 
     def write_eof(self) -> None:
         self.transport.closeStdin()

@@ -94,6 +94,18 @@ class RsyncBridgeTests(SynchronousTestCase):
         self.assertTrue(self.transport.stdin_closed)
         self.assertEqual(bytes(self.backuppc.received), b"@RSYNCD: 31.0\n")
 
+    def test_module_logged(self):
+        """The client logs one line per carried connection with module, bytes and duration."""
+        lines = collect_logs(self)
+        self.server_channel.local_data(b"@RSYNCD: 31.0\nMy Music\n")
+        self.wire.pump()
+        self.clock.advance(2.5)
+        self.rsync.childDataReceived(1, b"@RSYNCD: OK\n")
+        self.rsync.processEnded(Failure(ProcessDone(0)))
+        self.wire.pump()
+        self.assertIn("rsync[4242] for channel 2 exited with status 0: module My Music, 12 bytes "
+                      "sent, 23 bytes received in 2.5 s", lines)
+
     def test_stderr_logged_by_line(self):
         """rsync's stderr goes to the log one line at a time."""
         lines = collect_logs(self)
