@@ -182,7 +182,8 @@ def encode(message: Message) -> bytes:
 def _json_object(data: bytes, what: str) -> dict:
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # RecursionError: JSON nested deeper than the decoder can follow.
         raise BadFrame(f"{what} carries invalid JSON: {e}") from None
     if not isinstance(value, dict):
         raise BadFrame(f"{what} carries JSON that is not an object")

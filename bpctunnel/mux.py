@@ -399,20 +399,26 @@ class Multiplexer:
         cid = message.channel_id
         if cid % 2 == self._own_parity or cid in self.channels:
             raise ProtocolError(f"peer opened channel {cid}, which is not its to open")
+        self.channels_opened += 1
+        if self._accept_channel is None:
+            refusal = "this side accepts no channels"
+        elif len(self.channels) >= self.max_channels:
+            refusal = f"too many channels: at most {self.max_channels} at once"
+        else:
+            refusal = None
+        if refusal is not None:
+            # A refused channel is not kept: a peer that never answers this
+            # CLOSE must not fill the table (memory, and the channel limit).
+            self.send(framing.Close(cid, framing.CLOSE_ERROR, refusal))
+            return
         channel = Channel(self, cid, self.window, message.metadata)
         channel._credit = message.window
         self.channels[cid] = channel
-        self.channels_opened += 1
-        if self._accept_channel is None:
-            channel.reset("this side accepts no channels")
-        elif len(self.channels) > self.max_channels:
-            channel.reset(f"too many channels: at most {self.max_channels} at once")
-        else:
-            try:
-                self._accept_channel(channel)
-            except Exception as e:
-                self.log.failure("could not accept channel {channel_id}", channel_id=cid)
-                channel.reset(f"could not open the channel: {e}")
+        try:
+            self._accept_channel(channel)
+        except Exception as e:
+            self.log.failure("could not accept channel {channel_id}", channel_id=cid)
+            channel.reset(f"could not open the channel: {e}")
 
     def _channel_message(self, message: framing.Message) -> None:
         channel = self.channels.get(message.channel_id)

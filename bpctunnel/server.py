@@ -218,7 +218,9 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             self.sendMessage(payload, isBinary=True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.mux is None:
+        # Once the tunnel is closed (say, after a protocol error) messages
+        # still in flight are dropped, not logged one by one.
+        if self.mux is None or self._cleaned_up:
             return
         if not isBinary:
             self._protocol_error("a text message (the protocol is binary only)")
