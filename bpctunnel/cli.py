@@ -200,6 +200,19 @@ class PingOptions(_Api):
         self["host"] = host
 
 
+class BackupDoneOptions(_Api):
+    synopsis = "HOST STATUS [--detail TEXT]"
+    longdesc = ("For BackupPC's $Conf{DumpPostUserCmd} ('/usr/bin/bpctunnel backup-done $host "
+                "$xferOK'): tells the server how HOST's backup ended (STATUS 1: success, 0: "
+                "failure); the server counts it and passes it to the laptop.")
+    optParameters = [["detail", "d", "", "A few words on the outcome."]]
+
+    def parseArgs(self, host, status):
+        if status not in ("0", "1"):
+            raise usage.UsageError(f"STATUS must be 1 (success) or 0 (failure), not {status!r}")
+        self["host"], self["status"] = host, status
+
+
 class Options(usage.Options):
     """Top-level options of C{bpctunnel}."""
 
@@ -215,6 +228,7 @@ class Options(usage.Options):
         ["check", None, CheckOptions, "Explain every misconfiguration."],
         ["status", None, StatusOptions, "Show the connected tunnels (running server)."],
         ["ping", None, PingOptions, "Round trip to a host through its tunnel (for PingCmd)."],
+        ["backup-done", None, BackupDoneOptions, "Report a backup's result (for DumpPostUserCmd)."],
     ]
 
     def opt_version(self) -> None:
@@ -285,6 +299,17 @@ def run(command: str, o) -> int:
             print(f"{host} is not reachable through bpctunnel: {e}")
             return 1
         lines = api_client.ping_lines(answer)
+    elif command == "backup-done":
+        from urllib.parse import quote
+
+        host = o["host"].lower()
+        answer = api_client.call(
+            "POST", o["api"], f"/api/v1/tunnels/{quote(host)}/backup-done?ok={o['status']}"
+                              f"&detail={quote(o['detail'])}",
+            api_client.api_token(o["api-token-file"]))
+        lines = [f"told the server: backup of {host} "
+                 f"{'succeeded' if o['status'] == '1' else 'failed'}"
+                 + ("" if answer["delivered"] else f" (no tunnel for {host} is up to pass it on)")]
     elif command == "request-cert":
         lines = admin.request_cert(o["host"], Path(o["out"]))
     elif command == "list":

@@ -107,6 +107,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             self._send_message,
             is_server=False,
             accept_channel=self.factory.accept_channel,
+            on_control=self._control,
             name=self.factory.config.host,
         )
         self.registerProducer(self.mux, True)
@@ -120,6 +121,18 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         # multiplexer learns of the loss when the connection ends.
         if self.state == self.STATE_OPEN:
             self.sendMessage(payload, isBinary=True)
+
+    def _control(self, body: dict) -> None:
+        if body.get("type") == "backup-done":
+            ok = bool(body.get("ok"))
+            detail = str(body.get("detail") or "")
+            emit = self._log.info if ok else self._log.error
+            emit("BackupPC reports the backup of {client_name} {outcome}{detail}",
+                 client_name=self.factory.config.host, outcome="succeeded" if ok else "failed",
+                 detail=f": {detail}" if detail else "")
+            self.factory.backup_reported(ok, detail)
+        else:
+            self._log.debug("ignoring control message {message_type}", message_type=body.get("type"))
 
     def close_tunnel(self, reason: str) -> None:
         """Close the tunnel cleanly from this side."""
@@ -212,6 +225,10 @@ class TunnelClientFactory(WebSocketClientFactory):
     def tunnel_opened(self, protocol: TunnelClientProtocol) -> None:
         for observer in list(self.observers):
             observer("open", protocol, None)
+
+    def backup_reported(self, ok: bool, detail: str) -> None:
+        for observer in list(self.observers):
+            observer("backup-done", self.current, {"ok": ok, "detail": detail})
 
     def tunnel_closed(self, protocol, refusal: str | None, reason: str | None) -> None:
         for observer in list(self.observers):

@@ -16,6 +16,7 @@ carried connections that sit idle or outlive their maximum are closed.
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 from typing import Callable
@@ -99,6 +100,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     fingerprint: str = ""
     connected_at: float | None = None
     certificate_expires = None
+    last_backup: dict | None = None
     _cleaned_up = False
     _unauthenticated = False
     _started = False
@@ -324,6 +326,17 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             elif now - channel.last_activity > settings.idle_timeout:
                 channel.reset(f"idle for more than {settings.idle_timeout:g} seconds "
                               f"(--idle-timeout)")
+
+    def backup_done(self, ok: bool, detail: str = "") -> None:
+        """BackupPC says how a backup of this host ended: remember it, tell the client."""
+        at = datetime.datetime.fromtimestamp(self.factory.reactor.seconds(), datetime.timezone.utc)
+        self.last_backup = {"ok": ok, "at": at.isoformat(timespec="seconds"), "detail": detail}
+        self._log.info("BackupPC reports the backup of {client_name} {outcome}{detail}",
+                       client_name=self.host, outcome="succeeded" if ok else "failed",
+                       detail=f": {detail}" if detail else "")
+        if self.mux is not None:
+            self.mux.send(framing.Control({"type": "backup-done", "host": self.host, "ok": ok,
+                                           "detail": detail}))
 
     def close_tunnel(self, code: int, reason: str, log: bool = False) -> None:
         """Close from the server side with a reason the client shows; free the port now."""

@@ -109,6 +109,8 @@ class TunnelResource(_Api):
     def getChild(self, name: bytes, request):
         if name == b"ping":
             return PingResource(self.factory, self.host)
+        if name == b"backup-done":
+            return BackupDoneResource(self.factory, self.host)
         return _NotFound(f"no such resource: {name.decode('utf-8', 'replace')}")
 
     def render_GET(self, request) -> bytes:
@@ -166,6 +168,33 @@ class PingResource(_Api):
 
         gatherResults(pings).addCallback(answer)
         return NOT_DONE_YET
+
+
+class BackupDoneResource(_Api):
+    """
+    C{/api/v1/tunnels/HOST/backup-done?ok=1}: BackupPC's
+    C{$Conf{DumpPostUserCmd}} reports how a backup ended; the server counts it
+    and passes it to the client.
+    """
+
+    isLeaf = True
+
+    def __init__(self, factory, host: str):
+        super().__init__(factory)
+        self.host = host
+
+    def render_POST(self, request) -> bytes:
+        ok_arg = request.args.get(b"ok", [b""])[0]
+        if ok_arg not in (b"0", b"1"):
+            return _json(request, 400, {"error": "ok must be 1 (success) or 0 (failure)"})
+        detail = request.args.get(b"detail", [b""])[0].decode("utf-8", "replace")[:500]
+        ok = ok_arg == b"1"
+        self.factory.metrics.backups.labels("success" if ok else "failure").inc()
+        tunnel = self.live(self.host)
+        if tunnel is None:
+            return _json(request, 200, {"host": self.host, "delivered": False})
+        tunnel.backup_done(ok, detail)
+        return _json(request, 200, {"host": self.host, "delivered": True})
 
 
 class MetricsResource(Resource):

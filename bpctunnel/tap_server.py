@@ -12,6 +12,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from bpctunnel.backup_trigger import DEFAULT_SERVER_MESG, BackupRequest, BackupTrigger
 from bpctunnel.backuppc import read_hosts
 from bpctunnel.errors import BpcTunnelError
 from bpctunnel.listen_address import parse_listen
@@ -41,6 +42,7 @@ class Options(usage.Options):
     """Command-line options of C{twistd bpctunnel-server}."""
 
     longdesc = LONGDESC
+    optFlags = [["backup-on-connect", None, "Ask BackupPC for a backup when a laptop connects."]]
     optParameters = [
         ["listen", "l", "8443", "[ADDRESS:]PORT for the wss listener (IPv6 in brackets)."],
         ["certs", "c", "/etc/bpctunnel", "Folder holding ca.crt, server.crt and server.key."],
@@ -52,6 +54,10 @@ class Options(usage.Options):
         ["probe-timeout", None, 5.0, "Seconds an old tunnel has to answer when its host "
                                       "reconnects, before it is replaced.", float],
         ["max-channels", None, 16, "Connections one client may carry at once.", int],
+        ["backuppc-server-mesg", None, DEFAULT_SERVER_MESG,
+         "Command for BackupPC_serverMesg (may start with 'sudo -u backuppc')."],
+        ["backup-user", None, "bpctunnel", "User name BackupPC records for backups we request."],
+        ["backup-type", None, "-1", "-1: whatever BackupPC finds due; 0: incremental; 1: full."],
         ["api-listen", None, "tcp:8444:interface=127.0.0.1",
          "Endpoint of the status API and /metrics; 'none' disables it."],
         ["api-token-file", None, None, "File holding the API's bearer token (required when the "
@@ -71,6 +77,8 @@ class Options(usage.Options):
                 max_connection_time=self["max-connection-time"],
                 probe_timeout=self["probe-timeout"], max_channels=self["max-channels"])
             self["api_token"] = api_token(self["api-listen"], self["api-token-file"])
+            self["backup_request"] = BackupRequest.from_command_line(
+                self["backuppc-server-mesg"], self["backup-user"], self["backup-type"])
         except BpcTunnelError as e:
             raise usage.UsageError(str(e)) from None
         except ValueError as e:
@@ -121,6 +129,8 @@ def makeService(options: Options, reactor=None):
     address = options["listen_address"]
     conf = Path(options["backuppc-conf"])
     factory = TunnelServerFactory(reactor, options["settings"])
+    if options["backup-on-connect"]:
+        factory.observers.append(BackupTrigger(reactor, options["backup_request"]))
     endpoint = SSL4ServerEndpoint(reactor, address.port, options["tls"], interface=address.interface)
     top = MultiService()
     _LoggingEndpointService(endpoint, factory, f"BackupPC config in {conf}").setServiceParent(top)
