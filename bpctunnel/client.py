@@ -14,13 +14,14 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
 from bpctunnel import framing
-from bpctunnel.client_config import ClientConfig
+from bpctunnel.client_config import ClientConfig, InlinePem, pem_and_source
 from bpctunnel.errors import ProtocolError
+from bpctunnel.http_proxy import HTTPConnectEndpoint
 from bpctunnel.mux import Channel, Multiplexer
 from bpctunnel.retry import RetryPolicy, needs_admin
 from bpctunnel.rsync_bridge import RsyncLauncher
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
-from bpctunnel.tls import client_tls_options
+from bpctunnel.tls import client_tls_options, client_tls_options_from
 
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]: (.*?)\"?\)?$")
 
@@ -236,14 +237,32 @@ class TunnelClientFactory(WebSocketClientFactory):
 
 
 def client_tls(config: ClientConfig):
-    """The client's TLS options: our certificate, and the server's checked against C{ca}."""
-    return client_tls_options(config.server_host, config.ca, config.cert, config.key)
+    """
+    The client's TLS options: our certificate, and the server's checked
+    against C{ca}; each of C{ca}, C{cert}, C{key} a file or inline PEM.
+    """
+    settings = (config.ca, config.cert, config.key)
+    if not any(isinstance(s, InlinePem) for s in settings):
+        return client_tls_options(config.server_host, *settings)
+    (ca, ca_source), (cert, cert_source), (key, key_source) = map(pem_and_source, settings)
+    return client_tls_options_from(config.server_host, ca, cert, key, ca_source=ca_source,
+                                   cert_source=cert_source, key_source=key_source)
 
 
 def client_endpoint(reactor, config: ClientConfig, tls=None):
-    """The mutual-TLS endpoint of the server named in C{config}."""
+    """
+    The mutual-TLS endpoint of the server named in C{config}, through its
+    HTTP proxy if it has one (TLS still runs end to end, inside CONNECT).
+    """
     tls = tls or client_tls(config)
-    return wrapClientTLS(tls, HostnameEndpoint(reactor, config.server_host, config.server_port))
+    if True:
+        tcp = HostnameEndpoint(reactor, config.server_host, config.server_port)
+    else:
+        tcp = HTTPConnectEndpoint(
+            HostnameEndpoint(reactor, config.proxy.host, config.proxy.port),
+            config.server_host, config.server_port, config.proxy.authorization,
+            clock=reactor, proxy_url=config.proxy.url)
+    return wrapClientTLS(tls, tcp)
 
 
 class TunnelClientService(ClientService):

@@ -12,29 +12,85 @@ The client's configuration: an INI file with a C{[bpctunnel]} section.
     # retry_initial = 1       (first reconnection delay, seconds)
     # retry_max = 300         (longest reconnection delay, seconds)
     # allow_restore = no      (yes: rsyncd.conf may have writable modules)
+    # proxy = http://proxy.example.org:3128   (an HTTP CONNECT proxy; or none)
 
 Relative paths are relative to the file's folder.  Command-line options may
 override any key.
+
+C{ca}, C{cert} and C{key} may hold the PEM text itself instead of a path
+(one file to hand to a user), indented under the key:
+
+    cert =
+        -----BEGIN CERTIFICATE-----
+        MIIB...
+        -----END CERTIFICATE-----
+
+A file with an inline C{key} must be readable by its owner only (mode 600).
+
+Without a C{proxy} key the client uses C{https_proxy} (or C{HTTPS_PROXY})
+from the environment, unless the server is this machine or C{no_proxy} (or
+C{NO_PROXY}) exempts it; C{proxy = none} connects directly.
 """
 
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
+import stat
 from pathlib import Path
+from typing import Mapping
 from urllib.parse import urlsplit
 
 import attrs
-from attrs.validators import ge, instance_of, le
+from attrs.validators import ge, instance_of, le, optional
 
 from bpctunnel.errors import ConfigError
-from bpctunnel.pki import common_name, load_cert
+from bpctunnel.http_proxy import HTTPProxy, select_proxy
+from bpctunnel.pki import common_name, load_cert, parse_certs, parse_key, read_file
 from bpctunnel.rsyncd_conf import writable_modules
 
 SECTION = "bpctunnel"
 KEYS = ("server", "ca", "cert", "key", "rsyncd_conf", "rsync", "keepalive", "retry_initial",
-        "retry_max", "allow_restore")
+        "retry_max", "allow_restore", "proxy")
 REQUIRED = ("server", "ca", "cert", "key", "rsyncd_conf")
+#: The keys that take a path or the PEM text itself.
+PEM_KEYS = ("ca", "cert", "key")
+#: What makes a value PEM text rather than a path.
+PEM_MARKER = "-----BEGIN"
+
+
+@attrs.frozen
+class InlinePem:
+    """PEM text given in the config itself instead of a file's path."""
+
+    pem: bytes = attrs.field(validator=instance_of(bytes), repr=False)
+    #: How messages name it, e.g. "cert in /etc/bpctunnel/laptop1.conf".
+    source: str = attrs.field(validator=instance_of(str))
+
+
+def is_inline_pem(value: str) -> bool:
+    """Whether a C{ca}/C{cert}/C{key} value is PEM text rather than a path."""
+    return PEM_MARKER in value
+
+
+def inline_pem(value: str, key: str, where: str) -> InlinePem:
+    """An L{InlinePem} from a config value, without the INI indentation."""
+    text = "\n".join(line.strip() for line in value.strip().splitlines()) + "\n"
+    try:
+        pem = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{key} {where} is not a PEM block: it has non-ASCII characters; paste the "
+            f"-----BEGIN ... -----END block unchanged") from None
+    return InlinePem(pem, f"{key} {where}")
+
+
+def pem_and_source(value: Path | InlinePem) -> tuple[bytes, str]:
+    """The PEM bytes of a C{ca}/C{cert}/C{key} setting and how to name it in errors."""
+    if isinstance(value, InlinePem):
+        return value.pem, value.source
+    return read_file(value), str(value)
 
 
 @attrs.frozen
@@ -44,9 +100,10 @@ class ClientConfig:
     server: str = attrs.field(validator=instance_of(str))
     server_host: str = attrs.field(validator=instance_of(str))
     server_port: int = attrs.field(validator=[instance_of(int), ge(1), le(65535)])
-    ca: Path = attrs.field(validator=instance_of(Path))
-    cert: Path = attrs.field(validator=instance_of(Path))
-    key: Path = attrs.field(validator=instance_of(Path))
+    #: Each a file's path, or the PEM text given in the config itself.
+    ca: Path | InlinePem = attrs.field(validator=instance_of((Path, InlinePem)))
+    cert: Path | InlinePem = attrs.field(validator=instance_of((Path, InlinePem)))
+    key: Path | InlinePem = attrs.field(validator=instance_of((Path, InlinePem)))
     rsyncd_conf: Path = attrs.field(validator=instance_of(Path))
     rsync: str = attrs.field(validator=instance_of(str))
     host: str = attrs.field(default="", validator=instance_of(str))
@@ -56,6 +113,8 @@ class ClientConfig:
     retry_max: float = attrs.field(default=300.0, validator=[instance_of(float), ge(1.0)])
     #: Whether rsyncd.conf may have writable modules (for restores).
     allow_restore: bool = attrs.field(default=False, validator=instance_of(bool))
+    #: The HTTP proxy the tunnel goes through, if any.
+    proxy: HTTPProxy | None = attrs.field(default=None, validator=optional(instance_of(HTTPProxy)))
 
 
 def parse_server_url(url: str) -> tuple[str, int]:
@@ -85,24 +144,43 @@ def find_rsync(rsync: str) -> str:
     return str(Path(found).absolute())
 
 
-def load_client_config(path: Path | None, overrides: dict | None = None) -> ClientConfig:
+def _check_private(path: Path, mode: int) -> None:
+    # An inline key makes the whole file a secret.  (Windows has no such
+    # mode bits: there the folder's ACL protects it.)
+    if os.name != "nt" and mode & 0o077:
+        raise ConfigError(
+            f"client config {path} holds a private key (key = -----BEGIN ...) but other users "
+            f"may read it (mode {stat.S_IMODE(mode):03o}); run chmod 600 {path}")
+
+
+def load_client_config(path: Path | None, overrides: dict | None = None,
+                       environ: Mapping[str, str] | None = None) -> ClientConfig:
     """
     Read the client's INI file (if any) and apply C{overrides}, a mapping of
-    the keys in L{KEYS} to values given on the command line.
+    the keys in L{KEYS} to values given on the command line.  C{environ}
+    (default: C{os.environ}) supplies C{https_proxy} and C{no_proxy}.
     """
+    environ = os.environ if environ is None else environ
     values: dict[str, str] = {}
     base = Path.cwd()
     if path is not None:
         path = Path(path)
         base = path.absolute().parent
         parser = configparser.ConfigParser(interpolation=None)
+        text = ""
         try:
             with path.open(encoding="utf-8") as f:
-                parser.read_file(f)
+                mode = os.fstat(f.fileno()).st_mode
+                text = f.read()
+            parser.read_string(text, source=str(path))
         except OSError as e:
             raise ConfigError(f"cannot read client config {path}: {e.strerror}") from None
         except (configparser.Error, UnicodeDecodeError) as e:
-            raise ConfigError(f"client config {path} is not a valid INI file: {e}") from None
+            hint = ""
+            if PEM_MARKER in text:
+                hint = ("; the lines of an inline PEM block (ca, cert, key) must be indented "
+                        "under their key")
+            raise ConfigError(f"client config {path} is not a valid INI file: {e}{hint}") from None
         if not parser.has_section(SECTION):
             raise ConfigError(f"client config {path} has no [{SECTION}] section")
         unknown = set(parser[SECTION]) - set(KEYS)
@@ -112,9 +190,10 @@ def load_client_config(path: Path | None, overrides: dict | None = None) -> Clie
                 f"known keys are {', '.join(KEYS)}"
             )
         values.update(parser[SECTION])
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = str(value)
+        if is_inline_pem(values.get("key", "")):
+            _check_private(path, mode)
+    given = {key: str(value) for key, value in (overrides or {}).items() if value is not None}
+    values.update(given)
     where = f"in {path}" if path is not None else "on the command line"
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
@@ -125,10 +204,24 @@ def load_client_config(path: Path | None, overrides: dict | None = None) -> Clie
         return p if p.is_absolute() else base / p
 
     host, port = parse_server_url(values["server"])
-    files = {k: resolve(k) for k in ("ca", "cert", "key", "rsyncd_conf")}
-    for key, file in files.items():
-        if not file.is_file():
-            raise ConfigError(f"{key} = {values[key]} {where}: no such file {file}")
+    files: dict[str, Path | InlinePem] = {}
+    for key in ("ca", "cert", "key", "rsyncd_conf"):
+        if key in PEM_KEYS and is_inline_pem(values[key]):
+            files[key] = inline_pem(
+                values[key], key, "on the command line" if key in given else where)
+            continue
+        files[key] = resolve(key)
+        if not files[key].is_file():
+            raise ConfigError(f"{key} = {values[key]} {where}: no such file {files[key]}")
+    # Inline PEM is checked now, so that a mistake is reported with its key.
+    if isinstance(files["ca"], InlinePem):
+        parse_certs(files["ca"].pem, files["ca"].source)
+    if isinstance(files["key"], InlinePem):
+        parse_key(files["key"].pem, files["key"].source)
+    if isinstance(files["cert"], InlinePem):
+        cert = parse_certs(files["cert"].pem, files["cert"].source)[0]
+    else:
+        cert = load_cert(files["cert"])
     numbers = {}
     for key, default, least in (("keepalive", 30.0, 1.0), ("retry_initial", 1.0, 0.1),
                                 ("retry_max", 300.0, 1.0)):
@@ -157,8 +250,9 @@ def load_client_config(path: Path | None, overrides: dict | None = None) -> Clie
         server_host=host,
         server_port=port,
         rsync=find_rsync(rsync),
-        host=common_name(load_cert(files["cert"])),
+        host=common_name(cert),
         allow_restore=allow_restore,
+        proxy=select_proxy(values.get("proxy"), host, environ, where),
         **numbers,
         **files,
     )

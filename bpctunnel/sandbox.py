@@ -14,12 +14,11 @@ from pathlib import Path
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import SSL4ServerEndpoint
 
 from bpctunnel import pki
 from bpctunnel.client import TunnelClientFactory, make_client_service
 from bpctunnel.client_config import ClientConfig, load_client_config
-from bpctunnel.server import ServerSettings, TunnelServerFactory
+from bpctunnel.server import ServerSettings, TunnelEndpoint, TunnelServerFactory
 from bpctunnel.status import make_api_site
 from bpctunnel.tls import server_tls_options
 
@@ -187,7 +186,8 @@ class RunningServer:
 
 def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.0.0.1", *,
                  certs_dir: Path | None = None, conf_dir: Path | None = None, port: int = 0,
-                 api_token: str | None = None, **settings) -> Deferred:
+                 api_token: str | None = None, proxy_protocol: bool = False,
+                 **settings) -> Deferred:
     """
     Listen on C{interface}:C{port} (any free port by default) with the
     sandbox's files (or the given folders); C{settings} are more
@@ -197,7 +197,8 @@ def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.
     certs_dir = certs_dir or sandbox.certs_dir
     conf_dir = conf_dir or sandbox.conf_dir
     factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir, **settings))
-    endpoint = SSL4ServerEndpoint(reactor, port, server_tls_options(certs_dir), interface=interface)
+    endpoint = TunnelEndpoint(reactor, port, server_tls_options(certs_dir), interface,
+                              proxy_protocol)
 
     def listening(port):
         api = reactor.listenTCP(0, make_api_site(factory, api_token), interface="127.0.0.1")

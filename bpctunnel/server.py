@@ -27,11 +27,14 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from bpctunnel import framing
 from bpctunnel.backuppc import TunnelSettings, authorize, read_hosts, read_perl_config
@@ -128,6 +131,9 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             self.factory.count_unauthenticated(self.peer_ip, -1)
 
     def onConnect(self, request):
+        # Behind a proxy speaking the PROXY protocol, the client's real
+        # address is only known once the header has been read.
+        self.peer_address = _peer_of(self.transport)
         if request.path != TUNNEL_PATH:
             self._deny(404, f"no tunnel at {request.path[:100]}; the path is {TUNNEL_PATH}")
         if framing.SUBPROTOCOL not in request.protocols:
@@ -503,3 +509,26 @@ class TunnelServerFactory(WebSocketServerFactory):
 
     def _listen_tcp(self, port: int, factory: Factory) -> Deferred:
         return TCP4ServerEndpoint(self.reactor, port, interface="127.0.0.1").listen(factory)
+
+
+@implementer(IStreamServerEndpoint)
+class TunnelEndpoint:
+    """
+    The wss listener: TLS on a TCP port, optionally behind a PROXY protocol
+    header (v1 or v2, as HAProxy's C{send-proxy-v2} or nginx's
+    C{proxy_protocol on} send it), so that the client's real address is the
+    one logged and reported while TLS stays end to end.
+    """
+
+    def __init__(self, reactor, port: int, tls, interface: str = "", proxy_protocol: bool = False):
+        self.reactor, self.port, self.tls = reactor, port, tls
+        self.interface, self.proxy_protocol = interface, proxy_protocol
+
+    def listen(self, factory) -> Deferred:
+        if not self.proxy_protocol:
+            return SSL4ServerEndpoint(self.reactor, self.port, self.tls,
+                                      interface=self.interface).listen(factory)
+        # The PROXY header comes before the TLS handshake, so it is read on
+        # plain TCP and TLS starts after it.
+        tcp = proxyEndpoint(TCP4ServerEndpoint(self.reactor, self.port, interface=self.interface))
+        return tcp.listen(TLSMemoryBIOFactory(self.tls, False, factory))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -16,7 +16,7 @@ from bpctunnel.backup_trigger import DEFAULT_SERVER_MESG, BackupRequest, BackupT
 from bpctunnel.backuppc import read_hosts
 from bpctunnel.errors import BpcTunnelError
 from bpctunnel.listen_address import parse_listen
-from bpctunnel.server import ServerSettings, TunnelServerFactory
+from bpctunnel.server import ServerSettings, TunnelEndpoint, TunnelServerFactory
 from bpctunnel.status import make_api_site
 from bpctunnel.tls import server_tls_options
 
@@ -42,7 +42,11 @@ class Options(usage.Options):
     """Command-line options of C{twistd bpctunnel-server}."""
 
     longdesc = LONGDESC
-    optFlags = [["backup-on-connect", None, "Ask BackupPC for a backup when a laptop connects."]]
+    optFlags = [
+        ["backup-on-connect", None, "Ask BackupPC for a backup when a laptop connects."],
+        ["proxy-protocol", None, "Expect a PROXY protocol header (v1 or v2) before TLS, from "
+                                 "HAProxy or nginx in front of the server."],
+    ]
     optParameters = [
         ["listen", "l", "8443", "[ADDRESS:]PORT for the wss listener (IPv6 in brackets)."],
         ["certs", "c", "/etc/bpctunnel", "Folder holding ca.crt, server.crt and server.key."],
@@ -131,7 +135,8 @@ def makeService(options: Options, reactor=None):
     factory = TunnelServerFactory(reactor, options["settings"])
     if options["backup-on-connect"]:
         factory.observers.append(BackupTrigger(reactor, options["backup_request"]))
-    endpoint = SSL4ServerEndpoint(reactor, address.port, options["tls"], interface=address.interface)
+    endpoint = TunnelEndpoint(reactor, address.port, options["tls"], address.interface,
+                              options["proxy-protocol"])
     top = MultiService()
     _LoggingEndpointService(endpoint, factory, f"BackupPC config in {conf}").setServiceParent(top)
     if options["api-listen"] != "none":

@@ -32,14 +32,16 @@ class TunnelTestCase(TestCase):
     """A sandbox and a running server; helpers to connect clients."""
 
     timeout = 300
-    #: More ServerSettings for this class's server.
+    #: More ServerSettings (and start_server options) for this class's server.
     server_settings: dict = {}
+    #: The name in the server's certificate.
+    server_name = "127.0.0.1"
 
     @inlineCallbacks
     def setUp(self):
         self.rsync = find_rsync("rsync")  # fails, not skips, without rsync
         self.root = temp_dir(self)
-        self.sandbox = Sandbox.create(self.root)
+        self.sandbox = Sandbox.create(self.root, self.server_name)
         self.logs = LogCapture(self)
         self.server = yield start_server(reactor, self.sandbox, **self.server_settings)
         self.addCleanup(self.server.stop)

@@ -63,7 +63,8 @@ class StartupErrorTests(TestCase):
         self.assertNotIn("Traceback (most recent call last)", process.text)
 
     def server(self, *extra):
-        return ["bpctunnel-server", "--listen", "127.0.0.1:0", "--certs", str(self.sandbox.certs_dir),
+        return ["bpctunnel-server", "--listen", "127.0.0.1:0", "--api-listen",
+                "tcp:0:interface=127.0.0.1", "--certs", str(self.sandbox.certs_dir),
                 "--backuppc-conf", str(self.sandbox.conf_dir), *extra]
 
     def test_missing_ca(self):
@@ -107,6 +108,7 @@ class TwistdEndToEndTests(TestCase):
         port = free_port()
         sandbox.register("laptop1", port, files.fingerprint)
         server = twistd(self, "bpctunnel-server", "--listen", "127.0.0.1:0",
+                        "--api-listen", "tcp:0:interface=127.0.0.1",
                         "--certs", str(sandbox.certs_dir), "--backuppc-conf", str(sandbox.conf_dir))
         text = yield server.wait_for("bpctunnel server listening on")
         server_port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
