@@ -255,7 +255,7 @@ def client_endpoint(reactor, config: ClientConfig, tls=None):
     HTTP proxy if it has one (TLS still runs end to end, inside CONNECT).
     """
     tls = tls or client_tls(config)
-    if True:
+    if config.proxy is None:
         tcp = HostnameEndpoint(reactor, config.server_host, config.server_port)
     else:
         tcp = HTTPConnectEndpoint(

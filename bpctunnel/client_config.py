@@ -35,7 +35,9 @@ C{NO_PROXY}) exempts it; C{proxy = none} connects directly.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -46,7 +48,7 @@ import attrs
 from attrs.validators import ge, instance_of, le, optional
 
 from bpctunnel.errors import ConfigError
-from bpctunnel.http_proxy import HTTPProxy, select_proxy
+from bpctunnel.http_proxy import HTTPProxy, parse_proxy_url
 from bpctunnel.pki import common_name, load_cert, parse_certs, parse_key, read_file
 from bpctunnel.rsyncd_conf import writable_modules
 
@@ -115,6 +117,87 @@ class ClientConfig:
     allow_restore: bool = attrs.field(default=False, validator=instance_of(bool))
     #: The HTTP proxy the tunnel goes through, if any.
     proxy: HTTPProxy | None = attrs.field(default=None, validator=optional(instance_of(HTTPProxy)))
+
+
+def _ip(text: str):
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether C{host} is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = host.lower().rstrip(".")
+    ip = _ip(host)
+    if ip is not None:
+        return ip.is_loopback
+    return host == "localhost" or host.endswith(".localhost")
+
+
+def bypasses_proxy(host: str, no_proxy: str) -> bool:
+    """
+    Whether C{no_proxy} (comma-separated: C{*}, host names that match
+    themselves and their subdomains, with or without a leading dot, IP
+    addresses and networks such as 10.0.0.0/8; a C{:port} is ignored)
+    exempts C{host} from the proxy.
+    """
+    host = host.lower().rstrip(".")
+    ip = _ip(host)
+    for entry in re.split(r"[,\s]+", no_proxy.lower()):
+        if entry == "*":
+            return True
+        if not entry:
+            continue
+        try:
+            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            network = None
+        if network is not None:
+            if ip is not None and ip in network:
+                return True
+            continue
+        entry = re.sub(r":\d+$", "", entry).strip("[]")
+        if _ip(entry) is not None:
+            # "[::1]:22" and "10.0.0.1:80": an address with a port.
+            if ip is not None and ip == _ip(entry):
+                return True
+            continue
+        entry = entry.lstrip("*").lstrip(".").rstrip(".")
+        if entry and (host == entry or host.endswith("." + entry)):
+            return True
+    return False
+
+
+def select_proxy(setting: str | None, server_host: str, environ: Mapping[str, str],
+                 where: str = "") -> HTTPProxy | None:
+    """
+    The proxy for a tunnel to C{server_host}: C{setting} (the config's
+    C{proxy} value) if given, where C{none} means a direct connection;
+    otherwise C{https_proxy} or C{HTTPS_PROXY} from C{environ}, unless the
+    server is this machine or C{no_proxy}/C{NO_PROXY} exempts it.  (An
+    explicit C{proxy} is always used: it was set for this one server.)
+    """
+    in_where = f" {where}" if where else ""
+    if setting is not None:
+        if setting.strip().lower() == "none":
+            return None
+        if not setting.strip():
+            raise ConfigError(f"proxy is empty{in_where}: give http://HOST:PORT, or none to "
+                              f"connect directly")
+        return parse_proxy_url(setting, "proxy", where)
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        url = environ.get(name, "")
+        if url.strip():
+            break
+    else:
+        return None
+    no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+    if is_loopback(server_host) or bypasses_proxy(server_host, no_proxy):
+        return None
+    return parse_proxy_url(
+        url, name, "in the environment", scheme_optional=True,
+        hint=f"; fix it, or set proxy = none{in_where} to connect directly")
 
 
 def parse_server_url(url: str) -> tuple[str, int]:

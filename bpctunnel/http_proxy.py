@@ -1,10 +1,9 @@
 """
-HTTP CONNECT proxies: which proxy the client uses (its config's C{proxy}, or
-C{https_proxy} and C{no_proxy} from the environment), and
-L{HTTPConnectEndpoint}, an C{IStreamClientEndpoint} that asks the proxy for a
-tunnel and then hands the raw connection to the caller's protocol.  Wrapped
-in C{wrapClientTLS}, TLS runs end to end through the proxy: the proxy sees
-only the host and port.
+HTTP CONNECT proxies: L{HTTPProxy} and its URL, and L{HTTPConnectEndpoint},
+an C{IStreamClientEndpoint} that asks the proxy for a tunnel and then hands
+the raw connection to the caller's protocol.  Wrapped in C{wrapClientTLS},
+TLS runs end to end through the proxy: the proxy sees only the host and
+port.  (Which proxy a client uses is decided in L{bpctunnel.client_config}.)
 
 No reactor is imported here; the endpoint takes the proxy's endpoint and a
 clock.
@@ -13,9 +12,7 @@ clock.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import re
-from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -114,87 +111,6 @@ def parse_proxy_url(url: str, name: str = "proxy", where: str = "",
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         authorization = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
     return HTTPProxy(parts.hostname, port, authorization)
-
-
-def _ip(text: str):
-    try:
-        return ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether C{host} is this machine (localhost, 127.0.0.0/8, ::1)."""
-    host = host.lower().rstrip(".")
-    ip = _ip(host)
-    if ip is not None:
-        return ip.is_loopback
-    return host == "localhost" or host.endswith(".localhost")
-
-
-def bypasses_proxy(host: str, no_proxy: str) -> bool:
-    """
-    Whether C{no_proxy} (comma-separated: C{*}, host names that match
-    themselves and their subdomains, with or without a leading dot, IP
-    addresses and networks such as 10.0.0.0/8; a C{:port} is ignored)
-    exempts C{host} from the proxy.
-    """
-    host = host.lower().rstrip(".")
-    ip = _ip(host)
-    for entry in re.split(r"[,\s]+", no_proxy.lower()):
-        if entry == "*":
-            return True
-        if not entry:
-            continue
-        try:
-            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
-        except ValueError:
-            network = None
-        if network is not None:
-            if ip is not None and ip in network:
-                return True
-            continue
-        entry = re.sub(r":\d+$", "", entry).strip("[]")
-        if _ip(entry) is not None:
-            # "[::1]:22" and "10.0.0.1:80": an address with a port.
-            if ip is not None and ip == _ip(entry):
-                return True
-            continue
-        entry = entry.lstrip("*").lstrip(".").rstrip(".")
-        if entry and (host == entry or host.endswith("." + entry)):
-            return True
-    return False
-
-
-def select_proxy(setting: str | None, server_host: str, environ: Mapping[str, str],
-                 where: str = "") -> HTTPProxy | None:
-    """
-    The proxy for a tunnel to C{server_host}: C{setting} (the config's
-    C{proxy} value) if given, where C{none} means a direct connection;
-    otherwise C{https_proxy} or C{HTTPS_PROXY} from C{environ}, unless the
-    server is this machine or C{no_proxy}/C{NO_PROXY} exempts it.  (An
-    explicit C{proxy} is always used: it was set for this one server.)
-    """
-    in_where = f" {where}" if where else ""
-    if setting is not None:
-        if setting.strip().lower() == "none":
-            return None
-        if not setting.strip():
-            raise ConfigError(f"proxy is empty{in_where}: give http://HOST:PORT, or none to "
-                              f"connect directly")
-        return parse_proxy_url(setting, "proxy", where)
-    for name in ("https_proxy", "HTTPS_PROXY"):
-        url = environ.get(name, "")
-        if url.strip():
-            break
-    else:
-        return None
-    no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
-    if is_loopback(server_host) or bypasses_proxy(server_host, no_proxy):
-        return None
-    return parse_proxy_url(
-        url, name, "in the environment", scheme_optional=True,
-        hint=f"; fix it, or set proxy = none{in_where} to connect directly")
 
 
 def connect_request(host: str, port: int, authorization: str | None = None) -> bytes:
@@ -303,7 +219,7 @@ class _ProxyConnectProtocol(Protocol):
         try:
             wrapped = self.attempt.factory.buildProtocol(
                 HostnameAddress(endpoint.host.encode("utf-8"), endpoint.port))
-        except BaseException:
+        except Exception:
             self.transport.loseConnection()
             self.attempt.failed(Failure())
             return

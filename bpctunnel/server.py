@@ -68,6 +68,8 @@ class ServerSettings:
     @ivar max_channels: carried connections one client may have at once.
     @ivar max_unauthenticated: connections one address may have open before
         they have authenticated.
+    @ivar handshake_timeout: seconds a connection may take to finish its TLS
+        and WebSocket handshakes.
     """
 
     backuppc_conf: Path = attrs.field(converter=Path)
@@ -79,6 +81,8 @@ class ServerSettings:
                                              validator=[instance_of(float), ge(1.0)])
     max_channels: int = attrs.field(default=16, validator=[instance_of(int), ge(1)])
     max_unauthenticated: int = attrs.field(default=16, validator=[instance_of(int), ge(1)])
+    #: Seconds from TCP accept to a finished WebSocket opening handshake (TLS included).
+    handshake_timeout: float = attrs.field(default=30.0, validator=[instance_of(float), ge(0.1)])
 
 
 class TunnelServerProtocol(WebSocketServerProtocol):
@@ -462,7 +466,7 @@ class TunnelServerFactory(WebSocketServerFactory):
             # Our messages are binary; a DATA message is at most 64 KiB plus header.
             maxFramePayloadSize=1024 * 1024,
             maxMessagePayloadSize=1024 * 1024,
-            openHandshakeTimeout=30,
+            openHandshakeTimeout=settings.handshake_timeout,
             # No HTML status page for plain HTTP requests: nothing to see here.
             webStatus=False,
             autoPingInterval=settings.keepalive,

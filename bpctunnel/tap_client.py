@@ -23,6 +23,13 @@ No port is opened on this machine.  FILE is an INI file:
     key = laptop1.key
     rsyncd_conf = rsyncd.conf
     rsync = rsync          (optional)
+    proxy = http://proxy.example.org:3128   (optional; or none)
+
+ca, cert and key may also hold the PEM text itself, indented under the key
+(a FILE holding the key must be mode 600).  Without proxy, https_proxy or
+HTTPS_PROXY from the environment is used unless no_proxy/NO_PROXY names the
+server or the server is this machine; proxy = none connects directly.  TLS
+runs end to end through the proxy (HTTP CONNECT).
 
 Relative paths are relative to FILE's folder; the options below override it.
 """

@@ -58,6 +58,8 @@ class Options(usage.Options):
         ["probe-timeout", None, 5.0, "Seconds an old tunnel has to answer when its host "
                                       "reconnects, before it is replaced.", float],
         ["max-channels", None, 16, "Connections one client may carry at once.", int],
+        ["handshake-timeout", None, 30.0, "Seconds a client may take for its TLS and WebSocket "
+                                          "handshakes.", float],
         ["backuppc-server-mesg", None, DEFAULT_SERVER_MESG,
          "Command for BackupPC_serverMesg (may start with 'sudo -u backuppc')."],
         ["backup-user", None, "bpctunnel", "User name BackupPC records for backups we request."],
@@ -79,7 +81,8 @@ class Options(usage.Options):
             self["settings"] = ServerSettings(
                 backuppc_conf=conf, keepalive=self["keepalive"], idle_timeout=self["idle-timeout"],
                 max_connection_time=self["max-connection-time"],
-                probe_timeout=self["probe-timeout"], max_channels=self["max-channels"])
+                probe_timeout=self["probe-timeout"], max_channels=self["max-channels"],
+                handshake_timeout=self["handshake-timeout"])
             self["api_token"] = api_token(self["api-listen"], self["api-token-file"])
             self["backup_request"] = BackupRequest.from_command_line(
                 self["backuppc-server-mesg"], self["backup-user"], self["backup-type"])

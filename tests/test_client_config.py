@@ -1,15 +1,38 @@
 """Tests for the client's INI file and the server's listen address option."""
 
+import base64
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel.client import advice_for, refusal_from_close_reason, tls_advice
-from bpctunnel.client_config import load_client_config, parse_server_url
-from bpctunnel.errors import ConfigError
+from bpctunnel import pki
+from bpctunnel.client import (
+    advice_for,
+    client_endpoint,
+    client_tls,
+    refusal_from_close_reason,
+    tls_advice,
+)
+from bpctunnel.client_config import (
+    InlinePem,
+    load_client_config,
+    parse_server_url,
+    pem_and_source,
+)
+from bpctunnel.errors import CertificateError, ConfigError
+from bpctunnel.http_proxy import HTTPProxy
 from bpctunnel.listen_address import ListenAddress, parse_listen
-from bpctunnel.sandbox import Sandbox
-from tests.helpers import temp_dir
+from bpctunnel.sandbox import Sandbox, free_port, make_sample_tree, start_client
+from bpctunnel.tls import server_tls_options
+from tests import test_end_to_end
+from tests.helpers import TIMEOUT, temp_dir
+from tests.test_tls import handshake
 
 
 class ClientConfigTests(SynchronousTestCase):
@@ -152,3 +175,239 @@ class ListenAddressTests(SynchronousTestCase):
         ]:
             e = self.assertRaises(ConfigError, parse_listen, bad)
             self.assertIn(words, str(e))
+
+
+def pem_block(pem: bytes) -> str:
+    """PEM text as an INI multi-line value: on the next lines, indented."""
+    return "\n" + "".join(f"    {line}\n" for line in pem.decode().splitlines())
+
+
+def write_inline_config(files, server_url: str, rsync: str = "rsync", mode: int = 0o600,
+                        inline=("ca", "cert", "key"), **settings) -> Path:
+    """
+    A client config next to C{files}' rsyncd.conf (from write_client_config)
+    with the C{inline} keys' PEM in the file itself; the others are paths.
+    """
+    paths = {"ca": files.ca, "cert": files.cert, "key": files.key}
+    lines = ["[bpctunnel]\n", f"server = {server_url}\n"]
+    for key, path in paths.items():
+        value = pem_block(path.read_bytes()) if key in inline else f" {path.name}\n"
+        lines.append(f"{key} ={value}")
+    lines += ["rsyncd_conf = rsyncd.conf\n", f"rsync = {rsync}\n"]
+    lines += [f"{key} = {value}\n" for key, value in settings.items()]
+    path = files.cert.parent / f"{files.host}-inline.conf"
+    pki.write_private(path, "".join(lines).encode())
+    path.chmod(mode)
+    return path
+
+
+class InlinePemConfigTests(SynchronousTestCase):
+    """ca, cert and key may hold the PEM text itself, indented under the key."""
+
+    def setUp(self):
+        self.root = temp_dir(self)
+        self.sandbox = Sandbox.create(self.root / "sandbox")
+        self.files = self.sandbox.issue_client("laptop1")
+        self.sandbox.write_client_config(self.files, "wss://127.0.0.1:8443/tunnel",
+                                         {"docs": self.root})
+        self.path = write_inline_config(self.files, "wss://127.0.0.1:8443/tunnel")
+
+    def test_all_inline(self):
+        """The PEM is read from the file, without the indentation; the CN is the host."""
+        config = load_client_config(self.path, environ={})
+        for key in ("ca", "cert", "key"):
+            value = getattr(config, key)
+            self.assertIsInstance(value, InlinePem)
+            self.assertEqual(value.pem, getattr(self.files, key).read_bytes())
+            self.assertEqual(value.source, f"{key} in {self.path}")
+            self.assertEqual(pem_and_source(value), (value.pem, value.source))
+        self.assertNotIn("PRIVATE", repr(config.key))
+        self.assertEqual(config.host, "laptop1")
+        self.assertEqual(config.rsyncd_conf, self.files.cert.parent / "rsyncd.conf")
+
+    def test_inline_config_connects(self):
+        """client_tls of an inline config completes mutual TLS with the server's options."""
+        config = load_client_config(self.path, environ={})
+        server, client = handshake(server_tls_options(self.sandbox.certs_dir), client_tls(config))
+        self.assertTrue(client.handshake_done)
+        self.assertEqual(server.peer_der, x509.load_pem_x509_certificate(
+            self.files.cert.read_bytes()).public_bytes(serialization.Encoding.DER))
+
+    def test_mixed_inline_and_paths(self):
+        """Only the certificates inline, the key a file: the key never has to be copied."""
+        path = write_inline_config(self.files, "wss://127.0.0.1:8443/tunnel", mode=0o644,
+                                   inline=("ca", "cert"))
+        config = load_client_config(path, environ={})
+        self.assertIsInstance(config.cert, InlinePem)
+        self.assertEqual(config.key, self.files.key)
+        self.assertEqual(pem_and_source(config.key),
+                         (self.files.key.read_bytes(), str(self.files.key)))
+        server, client = handshake(server_tls_options(self.sandbox.certs_dir), client_tls(config))
+        self.assertTrue(client.handshake_done)
+
+    def test_paths_use_client_tls_options(self):
+        """A config of paths only still names the files in TLS errors."""
+        self.files.key.write_bytes(pki.make_client_cert(self.sandbox.ca, "other").key_pem)
+        path = self.files.cert.parent / "laptop1.conf"
+        config = load_client_config(path, environ={})
+        e = self.assertRaises(CertificateError, client_tls, config)
+        self.assertIn(f"{self.files.key} does not belong to {self.files.cert}", str(e))
+
+    def replace_block(self, key: str, pem: bytes) -> None:
+        text = self.path.read_text()
+        old = pem_block(getattr(self.files, key).read_bytes())
+        self.assertIn(old, text)
+        self.path.write_text(text.replace(old, pem_block(pem)))
+
+    def test_not_a_certificate(self):
+        """A key where the certificate belongs is named by its key and file."""
+        self.replace_block("cert", self.files.key.read_bytes())
+        e = self.assertRaises(CertificateError, load_client_config, self.path, environ={})
+        self.assertTrue(str(e).startswith(f"cert in {self.path} is not a PEM certificate"),
+                        str(e))
+
+    def test_ca_not_a_certificate(self):
+        self.replace_block("ca", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----")
+        e = self.assertRaises(CertificateError, load_client_config, self.path, environ={})
+        self.assertTrue(str(e).startswith(f"ca in {self.path} is not a PEM certificate"), str(e))
+
+    def test_not_a_key(self):
+        self.replace_block("key", self.files.cert.read_bytes())
+        e = self.assertRaises(CertificateError, load_client_config, self.path, environ={})
+        self.assertTrue(str(e).startswith(f"key in {self.path} is not a PEM private key"), str(e))
+
+    def test_key_of_another_certificate(self):
+        """The mismatch is reported when TLS options are made, naming both keys."""
+        self.replace_block("key", pki.make_client_cert(self.sandbox.ca, "other").key_pem)
+        config = load_client_config(self.path, environ={})
+        e = self.assertRaises(CertificateError, client_tls, config)
+        self.assertTrue(str(e).startswith(
+            f"key in {self.path} does not belong to cert in {self.path}; "), str(e))
+
+    def test_readable_by_others_refused(self):
+        """An inline private key in a file others may read: refused, saying how to fix it."""
+        for mode in (0o644, 0o640, 0o604, 0o620):
+            self.path.chmod(mode)
+            e = self.assertRaises(ConfigError, load_client_config, self.path, environ={})
+            self.assertEqual(
+                str(e), f"client config {self.path} holds a private key (key = -----BEGIN ...) "
+                        f"but other users may read it (mode {mode:03o}); "
+                        f"run chmod 600 {self.path}")
+        self.path.chmod(0o600)
+        self.assertIsInstance(load_client_config(self.path, environ={}).key, InlinePem)
+        self.path.chmod(0o400)
+        self.assertIsInstance(load_client_config(self.path, environ={}).key, InlinePem)
+
+    def test_unindented_block(self):
+        """PEM lines at the start of a line break the INI file; the error says to indent."""
+        self.path.write_text(self.path.read_text().replace("\n    MII", "\nMII", 1))
+        e = self.assertRaises(ConfigError, load_client_config, self.path, environ={})
+        self.assertIn("is not a valid INI file", str(e))
+        self.assertTrue(str(e).endswith("; the lines of an inline PEM block (ca, cert, key) "
+                                        "must be indented under their key"), str(e))
+
+    def test_pem_on_the_command_line(self):
+        """An override may be PEM text too; messages then say so."""
+        path = self.files.cert.parent / "laptop1.conf"
+        config = load_client_config(path, {"cert": self.files.cert.read_text()}, environ={})
+        self.assertEqual(config.cert.source, "cert on the command line")
+        self.assertEqual(config.key, self.files.key)
+        e = self.assertRaises(CertificateError, load_client_config, path,
+                              {"ca": "-----BEGIN CERTIFICATE-----\nxx\n"}, environ={})
+        self.assertTrue(str(e).startswith("ca on the command line is not a PEM certificate"))
+
+    def test_non_ascii_pem(self):
+        self.replace_block("ca", "-----BEGIN CERTIFICATE-----\nGrüße\n-----END CERTIFICATE-----"
+                           .encode())
+        e = self.assertRaises(ConfigError, load_client_config, self.path, environ={})
+        self.assertTrue(str(e).startswith(f"ca in {self.path} is not a PEM block: it has "
+                                          f"non-ASCII characters"), str(e))
+
+
+class ProxyConfigTests(SynchronousTestCase):
+    """The proxy key, and https_proxy/no_proxy from the environment."""
+
+    def setUp(self):
+        self.root = temp_dir(self)
+        sandbox = Sandbox.create(self.root / "sandbox")
+        self.files = sandbox.issue_client("laptop1")
+        self.base = sandbox.write_client_config(
+            self.files, "wss://backup.example.org:8443/tunnel", {"docs": self.root})
+
+    def config_with(self, *lines: str) -> Path:
+        path = self.base.parent / "proxy.conf"
+        path.write_text(self.base.read_text() + "".join(f"{line}\n" for line in lines))
+        return path
+
+    def test_no_proxy_by_default(self):
+        self.assertIsNone(load_client_config(self.base, environ={}).proxy)
+
+    def test_proxy_key(self):
+        config = load_client_config(self.config_with("proxy = http://proxy.example:3128"),
+                                    environ={"https_proxy": "http://other:1"})
+        self.assertEqual(config.proxy, HTTPProxy("proxy.example", 3128))
+
+    def test_proxy_with_credentials(self):
+        config = load_client_config(self.config_with("proxy = http://me:pw@proxy.example:3128"),
+                                    environ={})
+        self.assertEqual(config.proxy.authorization, "Basic " + base64.b64encode(b"me:pw").decode())
+        self.assertNotIn(config.proxy.authorization[6:], repr(config))
+
+    def test_bad_proxy_key(self):
+        path = self.config_with("proxy = https://proxy.example:3128")
+        e = self.assertRaises(ConfigError, load_client_config, path, environ={})
+        self.assertTrue(str(e).startswith(
+            f"proxy = https://proxy.example:3128 in {path} must be an http:// URL"), str(e))
+        path = self.config_with("proxy = http://proxy.example")
+        e = self.assertRaises(ConfigError, load_client_config, path, environ={})
+        self.assertIn(f"proxy = http://proxy.example in {path} has no port", str(e))
+
+    def test_environment(self):
+        env = {"https_proxy": "http://envproxy:8080"}
+        self.assertEqual(load_client_config(self.base, environ=env).proxy,
+                         HTTPProxy("envproxy", 8080))
+        self.assertIsNone(load_client_config(self.config_with("proxy = none"), environ=env).proxy)
+        self.assertIsNone(load_client_config(
+            self.base, environ={**env, "no_proxy": "localhost,.example.org"}).proxy)
+        self.assertIsNone(load_client_config(
+            self.base, environ={**env, "NO_PROXY": "backup.example.org"}).proxy)
+
+    def test_bad_environment_value_names_the_way_out(self):
+        e = self.assertRaises(ConfigError, load_client_config, self.base,
+                              environ={"https_proxy": "socks5h://p:1080"})
+        self.assertIn(f"set proxy = none in {self.base} to connect directly", str(e))
+        self.assertIsNone(load_client_config(self.config_with("proxy = none"),
+                                             environ={"https_proxy": "socks5h://p:1080"}).proxy)
+
+    def test_client_endpoint_connects_to_proxy(self):
+        """With a proxy, the client's TCP connection goes to the proxy and asks for the server."""
+        config = load_client_config(self.config_with("proxy = http://10.9.8.7:3128"), environ={})
+        memory = MemoryReactorClock()
+        client_endpoint(memory, config).connect(Factory.forProtocol(Protocol))
+        _, port, factory, _, _ = memory.tcpClients[0]
+        self.assertEqual(port, 3128)
+        transport = StringTransport()
+        factory.buildProtocol(None).makeConnection(transport)
+        self.assertEqual(transport.value(), b"CONNECT backup.example.org:8443 HTTP/1.1\r\n"
+                                            b"Host: backup.example.org:8443\r\n\r\n")
+
+
+class InlinePemEndToEndTests(test_end_to_end.TunnelTestCase):
+    """A client whose one config file holds everything connects, and a pull works."""
+
+    @inlineCallbacks
+    def test_inline_bundle_pull(self):
+        files = self.sandbox.issue_client("laptop1")
+        port = free_port()
+        self.sandbox.register("laptop1", port, files.fingerprint)
+        source = make_sample_tree(self.root / "src")
+        self.sandbox.write_client_config(files, self.server.url, {"docs": source}, self.rsync)
+        path = write_inline_config(files, self.server.url, self.rsync)
+        for pem_file in (files.ca, files.cert, files.key):
+            pem_file.unlink()  # the config file is all there is
+        client = start_client(reactor, path)
+        self.addCleanup(client.stop)
+        yield client.events.next("open").addTimeout(TIMEOUT, reactor)
+        self.assertIsInstance(client.config.key, InlinePem)
+        yield self.pull_and_compare(port, "docs", source)
+        self.assertEqual(self.server_events, [("up", "laptop1")])

@@ -7,8 +7,7 @@ overlong carried connections.
 
 from __future__ import annotations
 
-import re
-import sys
+import signal
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -191,3 +190,73 @@ class MaxDurationTests(TunnelTestCase):
         protocol.transport.write(b"@RSYNCD: 31.0\n")
         yield lost.addTimeout(TIMEOUT, reactor)
         yield self.logs.wait_for("open for more than 1 seconds (--max-connection-time)")
+
+
+class HandshakeTimeoutTests(TunnelTestCase):
+    """A connection that never finishes its handshakes is closed."""
+
+    server_settings = {"handshake_timeout": 1.0}
+
+    @inlineCallbacks
+    def test_silent_connection_closed(self):
+        """TCP connected, no TLS ClientHello ever: closed after the handshake timeout."""
+        _, lost = yield wait_lost(self.server.port.getHost().port)
+        yield lost.addTimeout(TIMEOUT, reactor)
+        # The server is fine afterwards.
+        good = make_sample_tree(self.root / "good")
+        _, port, _ = yield self.connected_client("laptop1", {"m": good})
+        yield self.pull_and_compare(port, "m", good)
+
+
+class NoStarvationTests(TunnelTestCase):
+    """
+    One carried connection whose reader has stopped reading cannot starve the
+    other connections of the same tunnel, nor other clients' tunnels.
+    """
+
+    @inlineCallbacks
+    def test_stalled_reader_does_not_block_others(self):
+        """
+        A real rsync pull of a large module is frozen (SIGSTOP) once data is
+        flowing to it: its channel fills its window and waits, while another
+        connection of the same tunnel and another client's tunnel complete
+        full pulls.
+        """
+        from twisted.internet.protocol import ProcessProtocol
+
+        from bpctunnel.local import LocalConnectionProtocol
+
+        big = make_sample_tree(self.root / "big", large_file_bytes=100 * 1024 * 1024)
+        small = make_sample_tree(self.root / "small", seed=7)
+        _, port, _ = yield self.connected_client("laptop1", {"big": big, "small": small})
+        _, other_port, _ = yield self.connected_client("laptop2", {"small": small})
+
+        flowing = Deferred()
+        original_write = LocalConnectionProtocol.write
+
+        def counting_write(protocol, data):
+            original_write(protocol, data)
+            if protocol.channel.bytes_in > 4 * 1024 * 1024 and not flowing.called:
+                flowing.callback(protocol.channel)
+
+        self.patch(LocalConnectionProtocol, "write", counting_write)
+        ended = Deferred()
+
+        class Pull(ProcessProtocol):
+            def processEnded(self, reason):
+                ended.callback(reason.value)
+
+        dest = temp_dir(self)
+        frozen = Pull()
+        reactor.spawnProcess(frozen, self.rsync, [self.rsync, "-a", f"rsync://127.0.0.1:{port}/big/",
+                                                  f"{dest}/"], env={})
+        channel = yield flowing.addTimeout(TIMEOUT, reactor)
+        frozen.transport.signalProcess(signal.SIGSTOP)
+        self.addCleanup(lambda: ended)
+        self.addCleanup(frozen.transport.signalProcess, "KILL")
+        self.addCleanup(frozen.transport.signalProcess, signal.SIGCONT)
+
+        yield self.pull_and_compare(port, "small", small)
+        yield self.pull_and_compare(other_port, "small", small)
+        self.assertIn(channel.channel_id, self.server.factory.registry.get("laptop1").mux.channels)
+        self.assertLess(channel.bytes_in, 100 * 1024 * 1024, "the frozen pull is not finished")
