@@ -1,20 +1,29 @@
 """
-The client's end of a channel: one `rsync --server --daemon` process.
+The client's end of a channel: one rsync daemon, serving one connection.
 
-rsync speaks its daemon protocol over stdin/stdout exactly as it would over a
-socket (this is how `rsync -e ssh host::module` works), so no rsync port is
-ever opened on the laptop and no rsync password is needed.
+rsync runs as its own daemon in inetd mode, C{rsync --daemon --config=...}
+with one end of a socket pair as its stdin: exactly how inetd or systemd
+socket activation run rsyncd for one TCP connection.  BackupPC therefore sees
+what a local rsyncd gives it, error messages included: a socket daemon sends
+them inside the protocol stream ("ERROR: module is read only", "send_files
+failed to open ...").  Over pipes, C{rsync --server --daemon} is a daemon
+run by a remote shell, and rsync >= 3.2.3 writes those messages to its
+stderr instead: BackupPC never saw them, and recorded a restore that wrote
+nothing as a good one.
+
+No rsync port is ever opened on the laptop and no rsync password is needed.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import attrs
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorProcess, IReactorTime
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -28,7 +37,7 @@ MODULE_HEAD_LIMIT = 1024
 
 def rsync_argv(rsync: str, rsyncd_conf: Path) -> list[str]:
     """The one command the client ever runs, whatever the server sends."""
-    return [rsync, "--server", "--daemon", f"--config={rsyncd_conf}", "."]
+    return [rsync, "--daemon", f"--config={rsyncd_conf}"]
 
 
 def rsync_environment() -> dict[str, str]:
@@ -40,13 +49,40 @@ def rsync_environment() -> dict[str, str]:
     return env
 
 
+@implementer(IHalfCloseableProtocol)
+class RsyncSocketProtocol(Protocol):
+    """Our end of the socket pair whose other end is rsync's stdin."""
+
+    def __init__(self, bridge: RsyncProcessProtocol):
+        self.bridge = bridge
+
+    def connectionMade(self) -> None:
+        self.bridge.socket_connected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bridge.channel.local_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.bridge.socket_ended()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason=None) -> None:
+        self.bridge.socket_ended()
+
+
 @implementer(ILocalEnd)
 class RsyncProcessProtocol(ProcessProtocol):
     """
-    Carries one channel's bytes to and from one rsync process.
+    Carries one channel's bytes to and from one rsync daemon.
 
-    fd 1 feeds the channel, fd 2 goes to the log, and the channel's EOF
-    closes rsync's stdin: the daemon protocol depends on that end-of-stream.
+    The bytes travel over the socket pair (L{RsyncSocketProtocol}); the
+    channel's EOF half-closes our end, which the daemon protocol depends on.
+    The process itself only has its stderr logged (rsync closes it once it
+    runs as a daemon, so only start-up errors appear).  The channel closes
+    once rsync has exited and its end of the socket has ended, so that
+    nothing it wrote is lost.
     """
 
     log = Logger()
@@ -56,7 +92,11 @@ class RsyncProcessProtocol(ProcessProtocol):
         self.clock = clock
         self.client_name = client_name
         self.pid = None
+        self.socket = None
         self.ended = False
+        self._socket_ended = False
+        self._reason = None
+        self._finished = False
         self.exit_code: int | None = None
         self._stderr = b""
         self._kill_call = None
@@ -67,14 +107,22 @@ class RsyncProcessProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
+
+    def socket_connected(self, transport) -> None:
+        """Our end of the socket pair is in the reactor: the channel can start."""
+        self.socket = transport
         self.channel.attach(self)
-        self.transport.registerProducer(self.channel, True)
-        self.channel.accept()
+        transport.registerProducer(self.channel, True)
+
+    def socket_ended(self) -> None:
+        """rsync's end of the socket closed: everything it wrote has been read."""
+        if not self._socket_ended:
+            self._socket_ended = True
+            self.channel.local_eof()
+            self._maybe_finished()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == 1:
-            self.channel.local_data(data)
-        elif childFD == 2:
+        if childFD == 2:
             self._stderr += data
             *lines, self._stderr = self._stderr.split(b"\n")
             for line in lines:
@@ -89,10 +137,6 @@ class RsyncProcessProtocol(ProcessProtocol):
                 channel_id=self.channel.channel_id,
                 line=text,
             )
-
-    def childConnectionLost(self, childFD: int) -> None:
-        if childFD == 1:
-            self.channel.local_eof()
 
     def processEnded(self, reason) -> None:
         self.ended = True
@@ -116,7 +160,21 @@ class RsyncProcessProtocol(ProcessProtocol):
             bytes_in=self.channel.bytes_in,
             duration=self.clock.seconds() - self.started,
         )
-        if reason.check(ProcessDone) or (signal is None and self.exit_code is not None):
+        self._reason = reason
+        if self.socket is None:
+            self._socket_ended = True   # rsync never got its socket
+        self._maybe_finished()
+
+    def _maybe_finished(self) -> None:
+        # Only once rsync has exited AND its end of the socket has ended:
+        # bytes it wrote just before exiting may still be unread.
+        if self._finished or not self.ended or not self._socket_ended:
+            return
+        self._finished = True
+        signal = getattr(self._reason.value, "signal", None)
+        if self.socket is not None:
+            self.socket.loseConnection()
+        if self._reason.check(ProcessDone) or (signal is None and self.exit_code is not None):
             # rsync reports its own errors inside its protocol; the stream
             # itself ended properly.
             self.channel.local_closed()
@@ -127,7 +185,7 @@ class RsyncProcessProtocol(ProcessProtocol):
     def write(self, data: bytes) -> None:
         if self._head is not None:
             self._read_module(data)
-        self.transport.write(data)
+        self.socket.write(data)
 
     def _read_module(self, data: bytes) -> None:
         # The daemon protocol starts "@RSYNCD: <version>\n<module>\n" from
@@ -140,10 +198,10 @@ class RsyncProcessProtocol(ProcessProtocol):
             self._head = None
 
     def write_eof(self) -> None:
-        self.transport.closeStdin()
+        self.socket.loseWriteConnection()
 
     def close(self) -> None:
-        self.transport.closeStdin()
+        self.socket.loseConnection()
         if not self.ended:
             self._kill_call = self.clock.callLater(KILL_GRACE, self._kill)
 
@@ -155,6 +213,8 @@ class RsyncProcessProtocol(ProcessProtocol):
             channel_id=self.channel.channel_id,
             reason=reason,
         )
+        if self.socket is not None:
+            self.socket.abortConnection()
         self._kill()
 
     def _kill(self) -> None:
@@ -164,18 +224,18 @@ class RsyncProcessProtocol(ProcessProtocol):
             pass
 
     def pause_reading(self) -> None:
-        self.transport.pauseProducing()
+        self.socket.pauseProducing()
 
     def resume_reading(self) -> None:
-        self.transport.resumeProducing()
+        self.socket.resumeProducing()
 
 
 @attrs.frozen
 class RsyncLauncher:
     """
-    Starts one rsync daemon process per channel the server opens.
+    Starts one rsync daemon per channel the server opens.
 
-    @ivar reactor: an C{IReactorProcess} and C{IReactorTime}.
+    @ivar reactor: an C{IReactorProcess}, C{IReactorSocket} and C{IReactorTime}.
     """
 
     reactor: IReactorProcess
@@ -186,8 +246,21 @@ class RsyncLauncher:
     def __call__(self, channel: Channel) -> RsyncProcessProtocol:
         protocol = RsyncProcessProtocol(channel, self.reactor, self.client_name)
         argv = rsync_argv(self.rsync, self.rsyncd_conf)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.reactor.spawnProcess(protocol, argv[0], argv, env=rsync_environment())
-        except OSError as e:
-            channel.reset(f"the client could not start {self.rsync}: {e}")
+            try:
+                self.reactor.spawnProcess(protocol, argv[0], argv, env=rsync_environment(),
+                                          childFDs={0: theirs.fileno(), 1: "r", 2: "r"})
+            except OSError as e:
+                channel.reset(f"the client could not start {self.rsync}: {e}")
+                return protocol
+            # The reactor keeps a duplicate of our end; both originals close
+            # below, so rsync's exit shows as the end of the socket.
+            self.reactor.adoptStreamConnection(
+                ours.fileno(), socket.AF_UNIX,
+                Factory.forProtocol(lambda: RsyncSocketProtocol(protocol)))
+        finally:
+            ours.close()
+            theirs.close()
+        channel.accept()
         return protocol

@@ -12,8 +12,9 @@ from bpctunnel.errors import BpcTunnelError
 
 LONGDESC = """\
 Keeps one outbound WebSocket (mutual TLS) to the bpctunnel server up, and for
-each connection BackupPC makes through it runs
-    rsync --server --daemon --config=RSYNCD_CONF .
+each connection BackupPC makes through it runs rsync's daemon for that one
+connection, inetd-style (on a socket pair, never on a port):
+    rsync --daemon --config=RSYNCD_CONF
 No port is opened on this machine.  FILE is an INI file:
 
     [bpctunnel]

@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """
-A stand-in for C{rsync --server --daemon} that pushes or swallows a known
+A stand-in for C{rsync --daemon} (inetd mode) that pushes or swallows a known
 byte stream, for the backpressure tests (tests/test_backpressure.py).
 
-The client starts it exactly as it starts rsync.  Like rsync's daemon
+The client starts it exactly as it starts rsync, with one end of a socket
+pair as stdin, which carries the bytes both ways.  Like rsync's daemon
 protocol, the connecting side speaks first, with one line:
 
     send NBYTES
-        Write NBYTES of the pattern to stdout as fast as the pipe takes
-        them, never read stdin again, and exit 0.
+        Write NBYTES of the pattern to the socket as fast as it takes
+        them, never read again, and exit 0.
     receive NBYTES RATE
-        Read NBYTES from stdin, checking them against the pattern, at no
+        Read NBYTES from the socket, checking them against the pattern, at no
         more than RATE bytes per second (a deliberately slow reader: it
         sleeps between reads); then write
         "received NBYTES ok ELAPSED_SECONDS\\n" (or "mismatch ...") to
-        stdout and exit 0.
+        the socket and exit 0.
 
 The pattern is a running counter: every 8 KiB block starts with its own
 64-bit block number, followed by fixed pseudo-random filler, so any lost,
@@ -87,6 +88,10 @@ class PatternChecker:
         return self.error is None and self.received == self.total and not self._buffer
 
 
+#: rsync's stdin in inetd mode: one end of a socket pair, read and written.
+SOCKET = 0
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -96,9 +101,9 @@ def _write_all(fd: int, data: bytes) -> None:
 def _read_header() -> tuple[list[str], bytes]:
     data = b""
     while b"\n" not in data:
-        more = os.read(0, 65536)
+        more = os.read(SOCKET, 65536)
         if not more:
-            raise SystemExit(f"fake rsync: stdin ended before the command line: {data!r}")
+            raise SystemExit(f"fake rsync: the socket ended before the command line: {data!r}")
         data += more
     line, rest = data.split(b"\n", 1)
     return line.decode("ascii").split(), rest
@@ -106,7 +111,7 @@ def _read_header() -> tuple[list[str], bytes]:
 
 def send(total: int) -> None:
     for index in range(total // CHUNK):
-        _write_all(1, pattern_chunk(index))
+        _write_all(SOCKET, pattern_chunk(index))
 
 
 def receive(total: int, rate: float, first: bytes) -> None:
@@ -114,7 +119,7 @@ def receive(total: int, rate: float, first: bytes) -> None:
     start = time.monotonic()
     checker.feed(first)
     while checker.received < total and checker.error is None:
-        data = os.read(0, 65536)
+        data = os.read(SOCKET, 65536)
         if not data:
             break
         checker.feed(data)
@@ -127,11 +132,11 @@ def receive(total: int, rate: float, first: bytes) -> None:
         reply = f"received {checker.received} ok {elapsed:.3f}\n"
     else:
         reply = f"received {checker.received} of {total}: {checker.error or 'stream ended early'}\n"
-    _write_all(1, reply.encode("ascii"))
+    _write_all(SOCKET, reply.encode("ascii"))
 
 
 def main(argv: list[str]) -> int:
-    if argv[:2] != ["--server", "--daemon"] or not argv[2].startswith("--config="):
+    if len(argv) != 2 or argv[0] != "--daemon" or not argv[1].startswith("--config="):
         print(f"fake rsync: unexpected arguments {argv!r}", file=sys.stderr)
         return 2
     words, rest = _read_header()

@@ -212,6 +212,30 @@ class FullBackupTests(RealBackupPCTestCase):
         # One rsync per share, each run to a clean end on the laptop.
         self.assertEqual(len(self.logs.matching("exited with status 0")), 2, self.logs.lines)
 
+    @inlineCallbacks
+    def test_unreadable_file_is_a_transfer_error(self):
+        """
+        A file rsyncd cannot read on the laptop: the backup completes with a
+        transfer error, and BackupPC's XferLOG names the file and the reason
+        exactly as with a local rsyncd (rsync's own message, sent in-band).
+        """
+        documents = make_sample_tree(self.root / "laptop" / "documents", seed=4)
+        (documents / "secret.txt").write_bytes(b"secret\n")
+        os.chmod(documents / "secret.txt", 0)
+        # Root reads every file; rsyncd started by root reads as "uid" instead.
+        options = {"documents": {"uid": 65534, "gid": 65534}} if os.geteuid() == 0 else {}
+        yield self.laptop("laptop1", {"documents": documents}, options=options)
+        yield self.backuppc_up()
+        result = yield self.bpc.dump("laptop1")
+        self.assertEqual(result.exit_code, 0, result.describe())
+
+        backups = yield self.bpc.backups("laptop1")
+        self.assertEqual(backups[-1]["type"], "full", backups)
+        self.assertGreaterEqual(int(backups[-1]["xferErrs"]), 1, backups)
+        log = yield self.bpc.xfer_log("laptop1", "XferLOG.0.z")
+        self.assertIn('rsync: [sender] send_files failed to open "secret.txt" (in documents): '
+                      'Permission denied (13)', log)
+
 
 class IncrementalBackupTests(RealBackupPCTestCase):
     """Acceptance 2: an incremental backup records exactly what changed."""
@@ -265,6 +289,51 @@ class IncrementalBackupTests(RealBackupPCTestCase):
         self.assertEqual(received, {"readme.txt", "a/notes.md", "new folder",
                                     "new folder/added ✓.txt", "dangling"}, log)
         self.assertEqual(deleted, {"a/b/c/deep.bin", "name with spaces.txt"}, log)
+
+
+class RestoreTests(RealBackupPCTestCase):
+    """Acceptance 3: a restore through the tunnel puts the files back."""
+
+    @inlineCallbacks
+    def test_restore_to_writable_module(self):
+        """
+        The laptop loses and damages files after a backup; BackupPC_restore
+        into the module that allows writes (same folder as the read-only one
+        BackupPC backs up) brings the tree back byte-identical.  Restoring
+        into the read-only module fails, and BackupPC shows rsyncd's reason
+        ("ERROR: module is read only", as a local rsyncd sends it).
+        """
+        documents = yield deferToThread(make_sample_tree, self.root / "laptop" / "documents",
+                                        large_file_bytes=20 * MB, seed=5)
+        add_links(documents)
+        want = yield deferToThread(snapshot, documents)
+        yield self.laptop("laptop1", {"documents": documents, "restore": documents},
+                          shares=("documents",), writable=("restore",),
+                          options={"restore": RESTORE_MODULE})
+        yield self.backuppc_up()
+        yield self.dump_ok("laptop1")
+
+        (documents / "readme.txt").unlink()
+        (documents / "a" / "b" / "c" / "deep.bin").write_bytes(b"damaged")
+        with (documents / "large.bin").open("r+b") as f:
+            f.seek(10 * MB)
+            f.write(b"\0" * 4096)
+        # Same size, other mtime: rsync rebuilds it from the blocks that match.
+        os.utime(documents / "large.bin", (want["large.bin"][4] - 100,) * 2)
+        (documents / "link to readme").unlink()
+        damaged = yield deferToThread(snapshot, documents)
+        self.assertNotEqual(damaged, want)
+
+        refused = yield self.bpc.restore("laptop1", 0, "documents", "documents")
+        self.assertNotEqual(refused.exit_code, 0, refused.describe())
+        self.assertEqual((yield deferToThread(snapshot, documents)), damaged)
+
+        result = yield self.bpc.restore("laptop1", 0, "documents", "restore")
+        self.assertEqual(result.exit_code, 0, result.describe())
+        restores = yield self.bpc.restores("laptop1")
+        self.assertEqual([r["result"] for r in restores], ["failed", "ok"], restores)
+        self.assertIn("read only", refused.output, refused.describe())
+        self.assertEqual((yield deferToThread(snapshot, documents)), want)
 
 
 class ConcurrentBackupTests(RealBackupPCTestCase):

@@ -11,7 +11,13 @@ from twisted.logger import globalLogPublisher, formatEvent
 
 from bpctunnel import framing
 from bpctunnel.mux import Multiplexer
-from bpctunnel.rsync_bridge import KILL_GRACE, RsyncLauncher, RsyncProcessProtocol, rsync_argv
+from bpctunnel.rsync_bridge import (
+    KILL_GRACE,
+    RsyncLauncher,
+    RsyncProcessProtocol,
+    RsyncSocketProtocol,
+    rsync_argv,
+)
 from bpctunnel.local import LocalConnectionProtocol
 from tests.test_mux import Wire
 
@@ -22,29 +28,36 @@ class FakeProcessTransport:
     pid = 4242
 
     def __init__(self):
-        self.written = bytearray()
-        self.stdin_closed = False
         self.signals = []
-        self.paused = False
-        self.producer = None
-
-    def write(self, data):
-        self.written += data
-
-    def closeStdin(self):
-        self.stdin_closed = True
 
     def signalProcess(self, signal):
         self.signals.append(signal)
+
+
+class HalfCloseTransport(StringTransport):
+    """A StringTransport that records half-close and abort."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+    def abortConnection(self):
+        self.aborted = True
+        super().abortConnection()
+
+
+class FakeSocketTransport(HalfCloseTransport):
+    """Our end of the socket pair whose other end is rsync's stdin."""
+
+    paused = False
 
     def pauseProducing(self):
         self.paused = True
 
     def resumeProducing(self):
         self.paused = False
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
 
 
 def collect_logs(testcase):
@@ -56,7 +69,7 @@ def collect_logs(testcase):
 
 
 class RsyncBridgeTests(SynchronousTestCase):
-    """RsyncProcessProtocol carries one channel to one rsync process."""
+    """RsyncProcessProtocol carries one channel to one rsync daemon."""
 
     def setUp(self):
         self.wire = Wire()
@@ -65,9 +78,13 @@ class RsyncBridgeTests(SynchronousTestCase):
 
         def accept(channel):
             protocol = RsyncProcessProtocol(channel, self.clock, "laptop1")
-            transport = FakeProcessTransport()
-            protocol.makeConnection(transport)
-            self.processes.append((protocol, transport))
+            process = FakeProcessTransport()
+            protocol.makeConnection(process)
+            socket = FakeSocketTransport()
+            end = RsyncSocketProtocol(protocol)
+            end.makeConnection(socket)
+            channel.accept()
+            self.processes.append((protocol, process, socket, end))
 
         self.wire.client._accept_channel = accept
         self.server_channel = self.wire.server.open_channel()
@@ -76,22 +93,23 @@ class RsyncBridgeTests(SynchronousTestCase):
         self.backuppc = FakeLocalEnd()
         self.server_channel.attach(self.backuppc)
         self.wire.pump()
-        self.rsync, self.transport = self.processes[0]
+        self.rsync, self.process, self.socket, self.end = self.processes[0]
 
     def test_argv(self):
-        """The only command ever run: rsync in daemon mode on stdin/stdout."""
+        """The only command ever run: rsync as an inetd-style daemon for one connection."""
         self.assertEqual(rsync_argv("/usr/bin/rsync", "/etc/r.conf"),
-                         ["/usr/bin/rsync", "--server", "--daemon", "--config=/etc/r.conf", "."])
+                         ["/usr/bin/rsync", "--daemon", "--config=/etc/r.conf"])
 
     def test_bytes_both_ways_and_eof(self):
-        """stdout goes to BackupPC, BackupPC's bytes to stdin, EOF closes stdin."""
-        self.assertIs(self.transport.producer, self.rsync.channel)
+        """The socket's bytes go to BackupPC, BackupPC's to the socket; EOF half-closes it."""
+        self.assertIs(self.socket.producer, self.rsync.channel)
         self.server_channel.local_data(b"@RSYNCD: 31.0\n")
         self.server_channel.local_eof()
-        self.rsync.childDataReceived(1, b"@RSYNCD: 31.0\n")
+        self.end.dataReceived(b"@RSYNCD: 31.0\n")
         self.wire.pump()
-        self.assertEqual(bytes(self.transport.written), b"@RSYNCD: 31.0\n")
-        self.assertTrue(self.transport.stdin_closed)
+        self.assertEqual(self.socket.value(), b"@RSYNCD: 31.0\n")
+        self.assertTrue(self.socket.write_closed)
+        self.assertFalse(self.socket.disconnecting)
         self.assertEqual(bytes(self.backuppc.received), b"@RSYNCD: 31.0\n")
 
     def test_module_logged(self):
@@ -100,7 +118,7 @@ class RsyncBridgeTests(SynchronousTestCase):
         self.server_channel.local_data(b"@RSYNCD: 31.0\nMy Music\n")
         self.wire.pump()
         self.clock.advance(2.5)
-        self.rsync.childDataReceived(1, b"@RSYNCD: OK\n")
+        self.end.dataReceived(b"@RSYNCD: OK\n")
         self.rsync.processEnded(Failure(ProcessDone(0)))
         self.wire.pump()
         self.assertIn("rsync[4242] for channel 2 exited with status 0: module My Music, 12 bytes "
@@ -117,8 +135,8 @@ class RsyncBridgeTests(SynchronousTestCase):
 
     def test_exit_with_status_is_clean_close(self):
         """rsync reports errors in its own protocol: exit 23 still ends the stream cleanly."""
-        self.rsync.childDataReceived(1, b"tail")
-        self.rsync.childConnectionLost(1)
+        self.end.dataReceived(b"tail")
+        self.end.readConnectionLost()
         self.rsync.processEnded(Failure(ProcessTerminated(exitCode=23)))
         self.wire.pump()
         self.assertEqual(bytes(self.backuppc.received), b"tail")
@@ -126,20 +144,37 @@ class RsyncBridgeTests(SynchronousTestCase):
         self.assertTrue(self.backuppc.closed)
         self.assertIsNone(self.backuppc.aborted)
 
+    def test_close_waits_for_the_socket(self):
+        """
+        rsync may exit before its last bytes are read from the socket: the
+        channel closes only once the socket has ended too, so nothing is lost.
+        """
+        self.rsync.processEnded(Failure(ProcessDone(0)))
+        self.wire.pump()
+        self.assertFalse(self.backuppc.closed)
+        self.end.dataReceived(b"last words")
+        self.end.readConnectionLost()
+        self.wire.pump()
+        self.assertEqual(bytes(self.backuppc.received), b"last words")
+        self.assertTrue(self.backuppc.closed)
+        self.assertIsNone(self.backuppc.aborted)
+        self.assertTrue(self.socket.disconnecting)
+
     def test_killed_by_signal_aborts(self):
         """rsync dying on a signal fails the channel: BackupPC's socket is aborted."""
         self.rsync.processEnded(Failure(ProcessTerminated(signal=11)))
+        self.end.connectionLost(Failure(ConnectionDone()))
         self.wire.pump()
         self.assertEqual(self.backuppc.aborted, "rsync was killed by signal 11")
 
     def test_backuppc_gone_kills_after_grace(self):
-        """When BackupPC closes, stdin closes, and rsync is killed if it lingers."""
+        """When BackupPC closes, the socket closes, and rsync is killed if it lingers."""
         self.server_channel.local_closed()
         self.wire.pump()
-        self.assertTrue(self.transport.stdin_closed)
-        self.assertEqual(self.transport.signals, [])
+        self.assertTrue(self.socket.disconnecting)
+        self.assertEqual(self.process.signals, [])
         self.clock.advance(KILL_GRACE)
-        self.assertEqual(self.transport.signals, ["KILL"])
+        self.assertEqual(self.process.signals, ["KILL"])
 
     def test_grace_timer_cancelled_on_exit(self):
         """rsync that exits in time is not killed."""
@@ -147,21 +182,22 @@ class RsyncBridgeTests(SynchronousTestCase):
         self.wire.pump()
         self.rsync.processEnded(Failure(ProcessDone(0)))
         self.clock.advance(KILL_GRACE)
-        self.assertEqual(self.transport.signals, [])
+        self.assertEqual(self.process.signals, [])
 
     def test_tunnel_loss_kills(self):
-        """When the tunnel goes, rsync is killed at once."""
+        """When the tunnel goes, rsync is killed at once and the socket aborted."""
         self.wire.client.tunnel_lost("gone")
-        self.assertEqual(self.transport.signals, ["KILL"])
+        self.assertEqual(self.process.signals, ["KILL"])
+        self.assertTrue(self.socket.aborted)
 
     def test_flow_control(self):
-        """A full stdin pipe pauses the channel's credit; stdout pauses at zero credit."""
+        """A full socket pauses the channel's credit; reading pauses at zero credit."""
         self.rsync.channel.pauseProducing()
         self.server_channel.local_data(b"x" * (self.wire.client.window + 10))
         self.wire.pump()
-        self.assertEqual(len(self.transport.written), self.wire.client.window)
-        self.rsync.childDataReceived(1, b"y" * (self.wire.server.window + 1))
-        self.assertTrue(self.transport.paused)
+        self.assertEqual(len(self.socket.value()), self.wire.client.window)
+        self.end.dataReceived(b"y" * (self.wire.server.window + 1))
+        self.assertTrue(self.socket.paused)
 
     def test_spawn_failure_resets_channel(self):
         """A launcher that cannot start rsync resets the channel with the reason."""
@@ -179,20 +215,6 @@ class RsyncBridgeTests(SynchronousTestCase):
         channel.attach(local)
         wire.pump()
         self.assertIn("could not start /nope/rsync", local.aborted)
-
-
-class HalfCloseTransport(StringTransport):
-    """A StringTransport that records half-close and abort."""
-
-    write_closed = False
-    aborted = False
-
-    def loseWriteConnection(self):
-        self.write_closed = True
-
-    def abortConnection(self):
-        self.aborted = True
-        super().abortConnection()
 
 
 class LocalConnectionTests(SynchronousTestCase):

@@ -36,7 +36,7 @@ class HelpTests(TestCase):
         process = twistd(self, "bpctunnel-client", "--help")
         yield process.ended
         self.assertEqual(process.exit_code, 0, process.text)
-        for option in ("--config", "--server", "--rsyncd-conf", "rsync --server --daemon"):
+        for option in ("--config", "--server", "--rsyncd-conf", "inetd-style"):
             self.assertIn(option, process.text)
 
     @inlineCallbacks
