@@ -33,8 +33,16 @@ class BackupRequest:
         """C{command} may carry a prefix such as C{sudo -u backuppc}."""
         return cls(tuple(shlex.split(command)), user, backup_type)
 
-    def argv(self, host: str) -> list[str]:
-        return [*self.command, "backup", host, host, self.user, self.backup_type]
+    def argv(self, host: str, backup_type: str | None = None) -> list[str]:
+        return [*self.command, "backup", host, host, self.user, backup_type or self.backup_type]
+
+
+@attrs.frozen
+class BackupReply:
+    """What came of asking BackupPC: whether it took the request, and its words."""
+
+    ok: bool
+    text: str
 
 
 class _Collect(ProcessProtocol):
@@ -63,26 +71,35 @@ class BackupTrigger:
         if event == "up":
             self.request_backup(tunnel.host)
 
-    def request_backup(self, host: str) -> Deferred:
-        """Ask BackupPC; fires with its reply (and logs it) or its error."""
-        argv = self.request.argv(host)
+    def request_backup(self, host: str, backup_type: str | None = None) -> Deferred:
+        """
+        Ask BackupPC for a backup of C{host} (of C{backup_type}, by default
+        the request's); fires with a L{BackupReply}, which is also logged.
+        """
+        argv = self.request.argv(host, backup_type)
         protocol = _Collect()
         try:
             self.reactor.spawnProcess(protocol, argv[0], argv, env={"PATH": "/usr/bin:/bin"})
         except OSError as e:
             self.log.error("cannot ask BackupPC to back up {client_name}: {command}: {error}",
                            client_name=host, command=argv[0], error=e)
-            return succeed(None)
+            return succeed(BackupReply(False, f"the server cannot run {argv[0]}: {e.strerror}"))
 
         def ended(result):
             code, output = result
             reply = output.decode("utf-8", "replace").strip() or "(no reply)"
-            if code == 0 and not reply.startswith("error"):
+            # BackupPC_serverMesg exits 0 whenever it reached the daemon, and
+            # prints the daemon's answer after "Got reply: ": "ok: ...",
+            # "warning: ... already queued" or "error: ..." (unknown host,
+            # bad backup type, disk full).  Only the answer tells a refusal.
+            reply = reply.removeprefix("Got reply: ") or "(no reply)"
+            ok = code == 0 and not reply.startswith("error")
+            if ok:
                 self.log.info("asked BackupPC to back up {client_name}: {reply}",
                               client_name=host, reply=reply)
             else:
                 self.log.error("asking BackupPC to back up {client_name} failed (exit {code}): "
                                "{reply}", client_name=host, code=code, reply=reply)
-            return reply
+            return BackupReply(ok, reply)
 
         return protocol.done.addCallback(ended)

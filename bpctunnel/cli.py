@@ -190,7 +190,8 @@ class StatusOptions(_Api):
 class PingOptions(_Api):
     synopsis = "HOST [--count N]"
     longdesc = ("A round trip to HOST through its tunnel, for BackupPC's $Conf{PingCmd} "
-                "('/usr/bin/bpctunnel ping $host'): prints time=... and rtt min/avg/max/mdev "
+                "('/usr/bin/bpctunnel ping HOST' in HOST's own config: BackupPC's "
+                "$host is the ClientNameAlias, 127.0.0.1): prints time=... and rtt min/avg/max/mdev "
                 "lines and exits 0 when the tunnel is up; says why and exits 1 when it is not, "
                 "so that BackupPC treats the host as offline.")
     optParameters = [["count", "n", 3, "Round trips to measure.", int],
@@ -202,8 +203,8 @@ class PingOptions(_Api):
 
 class BackupDoneOptions(_Api):
     synopsis = "HOST STATUS [--detail TEXT]"
-    longdesc = ("For BackupPC's $Conf{DumpPostUserCmd} ('/usr/bin/bpctunnel backup-done $host "
-                "$xferOK'): tells the server how HOST's backup ended (STATUS 1: success, 0: "
+    longdesc = ("For BackupPC's $Conf{DumpPostUserCmd} ('/usr/bin/bpctunnel backup-done $client "
+                "$xferOK'; $host is 127.0.0.1): tells the server how HOST's backup ended (STATUS 1: success, 0: "
                 "failure); the server counts it and passes it to the laptop.")
     optParameters = [["detail", "d", "", "A few words on the outcome."]]
 
@@ -211,6 +212,24 @@ class BackupDoneOptions(_Api):
         if status not in ("0", "1"):
             raise usage.UsageError(f"STATUS must be 1 (success) or 0 (failure), not {status!r}")
         self["host"], self["status"] = host, status
+
+
+class BackupNowOptions(_Command):
+    synopsis = "--config FILE [--full] [--timeout SECONDS]"
+    longdesc = ("On a laptop: ask BackupPC for a backup of this host now, show its progress "
+                "(module, bytes sent, rate, elapsed time), and exit with BackupPC's verdict: "
+                "0 when BackupPC reports success, 1 when it reports failure or the tunnel "
+                "closed before it did, 2 when the request could not be made (refused, server "
+                "unreachable, BackupPC declined), 3 on a timeout.  Uses the client's config; "
+                "works whether or not the client service is running.  BackupPC must report "
+                "results: $Conf{DumpPostUserCmd} = '/usr/bin/bpctunnel backup-done $client "
+                "$xferOK' (see README).")
+    optFlags = [["full", None, "Ask for a full backup (default: incremental)."]]
+    optParameters = [
+        ["config", "f", "/etc/bpctunnel/client.conf", "The client's INI file."],
+        ["timeout", "t", 6 * 3600.0, "Seconds to wait for BackupPC's result.", float],
+        ["start-timeout", None, 600.0, "Seconds BackupPC may take to start the backup.", float],
+    ]
 
 
 class Options(usage.Options):
@@ -229,6 +248,7 @@ class Options(usage.Options):
         ["status", None, StatusOptions, "Show the connected tunnels (running server)."],
         ["ping", None, PingOptions, "Round trip to a host through its tunnel (for PingCmd)."],
         ["backup-done", None, BackupDoneOptions, "Report a backup's result (for DumpPostUserCmd)."],
+        ["backup-now", None, BackupNowOptions, "On a laptop: back up now, show progress."],
     ]
 
     def opt_version(self) -> None:
@@ -333,6 +353,26 @@ def run(command: str, o) -> int:
     return 0
 
 
+def _backup_now(o) -> None:
+    from twisted.internet import task
+
+    from bpctunnel import backup_now
+    from bpctunnel.client_config import load_client_config
+
+    try:
+        config = load_client_config(Path(o["config"]))
+    except BpcTunnelError as e:
+        print(f"bpctunnel backup-now: {e}", file=sys.stderr)
+        sys.exit(backup_now.NOT_STARTED)
+
+    def run(reactor):
+        d = backup_now.main(reactor, config, bool(o["full"]), o["timeout"], o["start-timeout"],
+                            sys.stdout)
+        return d.addCallback(lambda status: status and sys.exit(status))
+
+    task.react(run)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     options = Options()
@@ -347,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         from bpctunnel.demo import main as demo_main
 
         task.react(demo_main, (options.subOptions["keep"], options.subOptions["verbose"]))
+        return
+    if options.subCommand == "backup-now":
+        _backup_now(options.subOptions)
         return
     try:
         status = run(options.subCommand, options.subOptions)

@@ -132,8 +132,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
                  client_name=self.factory.config.host, outcome="succeeded" if ok else "failed",
                  detail=f": {detail}" if detail else "")
             self.factory.backup_reported(ok, detail)
-        else:
-            self._log.debug("ignoring control message {message_type}", message_type=body.get("type"))
+        self.factory.control_received(self, body)
 
     def close_tunnel(self, reason: str) -> None:
         """Close the tunnel cleanly from this side."""
@@ -197,13 +196,19 @@ class TunnelClientFactory(WebSocketClientFactory):
 
     @param accept_channel: starts the local end of each channel the server
         opens (by default an L{RsyncLauncher}).
+    @param role: C{"backup-now"} for L{bpctunnel.backup_now}: if the host's
+        tunnel is already up elsewhere, the server lets this connection
+        follow it instead of refusing it.
     """
 
     protocol = TunnelClientProtocol
 
     def __init__(self, reactor, config: ClientConfig,
-                 accept_channel: Callable[[Channel], object] | None = None):
-        super().__init__(config.server, protocols=[framing.SUBPROTOCOL], reactor=reactor)
+                 accept_channel: Callable[[Channel], object] | None = None,
+                 role: str | None = None):
+        headers = {framing.ROLE_HEADER: role} if role else None
+        super().__init__(config.server, protocols=[framing.SUBPROTOCOL], reactor=reactor,
+                         headers=headers)
         self.config = config
         self.accept_channel = accept_channel or RsyncLauncher(
             reactor, config.rsync, config.rsyncd_conf, config.host
@@ -216,6 +221,10 @@ class TunnelClientFactory(WebSocketClientFactory):
             # laptop that slept, a NAT that forgot us): reconnect.
             autoPingInterval=config.keepalive,
             autoPingTimeout=config.keepalive,
+            # Masking protects intermediaries that read WebSocket frames in the
+            # clear; ours travel inside TLS end to end, and XOR-ing every byte
+            # costs the client and the server CPU on each (issue 8).
+            maskClientFrames=False,
         )
         self._batched_timer = ReactorTimer(reactor)
         self.retry_policy = RetryPolicy(initial=config.retry_initial, maximum=config.retry_max)
@@ -230,6 +239,10 @@ class TunnelClientFactory(WebSocketClientFactory):
     def backup_reported(self, ok: bool, detail: str) -> None:
         for observer in list(self.observers):
             observer("backup-done", self.current, {"ok": ok, "detail": detail})
+
+    def control_received(self, protocol: TunnelClientProtocol, body: dict) -> None:
+        for observer in list(self.observers):
+            observer("control", protocol, body)
 
     def tunnel_closed(self, protocol, refusal: str | None, reason: str | None) -> None:
         for observer in list(self.observers):

@@ -39,6 +39,9 @@ from attrs.validators import ge, instance_of, le, max_len
 from bpctunnel.errors import BadFrame
 
 SUBPROTOCOL = "bpctunnel.v1"
+#: The opening handshake's header that says what a connection is for:
+#: absent for a laptop's tunnel, C{backup-now} for C{bpctunnel backup-now}.
+ROLE_HEADER = "X-Bpctunnel-Role"
 
 OPEN = 0x01
 ACCEPT = 0x02

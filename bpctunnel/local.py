@@ -11,6 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bpctunnel.greeting import ModuleSniffer
 from bpctunnel.mux import ILocalEnd
 
 
@@ -28,6 +29,12 @@ class LocalConnectionProtocol(Protocol):
     def __init__(self, tunnel):
         self.tunnel = tunnel
         self.channel = None
+        self._greeting = ModuleSniffer()
+
+    @property
+    def module(self) -> str | None:
+        """The rsyncd module BackupPC asked for, once known."""
+        return self._greeting.module
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -41,6 +48,10 @@ class LocalConnectionProtocol(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._greeting.done:
+            self._greeting.feed(data)
+            if self._greeting.module is not None:
+                self.tunnel.module_requested(self._greeting.module)
         self.channel.local_data(data)
 
     def readConnectionLost(self) -> None:
@@ -55,10 +66,11 @@ class LocalConnectionProtocol(Protocol):
             error = f"BackupPC's connection failed: {reason.getErrorMessage()}"
         self.channel.local_closed(error)
         self.log.info(
-            "channel {channel_id} of {client_name} closed: {bytes_to_client} bytes to the "
-            "client, {bytes_from_client} bytes from it{reason}",
+            "channel {channel_id} of {client_name} closed: module {module}, {bytes_to_client} "
+            "bytes to the client, {bytes_from_client} bytes from it{reason}",
             channel_id=self.channel.channel_id,
             client_name=self.tunnel.host,
+            module=self.module or "(module list)",
             bytes_to_client=self.channel.bytes_out,
             bytes_from_client=self.channel.bytes_in,
             reason=f" ({self.channel.close_reason})" if self.channel.close_reason else "",

@@ -27,12 +27,11 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bpctunnel.greeting import ModuleSniffer
 from bpctunnel.mux import Channel, ILocalEnd
 
 #: Seconds rsync may keep running after BackupPC has gone away.
 KILL_GRACE = 10.0
-#: How much of BackupPC's first bytes are looked at for the module name.
-MODULE_HEAD_LIMIT = 1024
 
 
 def rsync_argv(rsync: str, rsyncd_conf: Path) -> list[str]:
@@ -101,8 +100,7 @@ class RsyncProcessProtocol(ProcessProtocol):
         self._stderr = b""
         self._kill_call = None
         self._aborted = False
-        self.module: str | None = None
-        self._head: bytes | None = b""
+        self._greeting = ModuleSniffer()
         self.started = clock.seconds()
 
     def connectionMade(self) -> None:
@@ -183,19 +181,14 @@ class RsyncProcessProtocol(ProcessProtocol):
 
     # ILocalEnd
     def write(self, data: bytes) -> None:
-        if self._head is not None:
-            self._read_module(data)
+        if not self._greeting.done:
+            self._greeting.feed(data)
         self.socket.write(data)
 
-    def _read_module(self, data: bytes) -> None:
-        # The daemon protocol starts "@RSYNCD: <version>\n<module>\n" from
-        # BackupPC's side: remember the module, for the log.
-        self._head += data[:MODULE_HEAD_LIMIT]
-        lines = self._head.split(b"\n")
-        if len(lines) >= 3 or len(self._head) >= MODULE_HEAD_LIMIT:
-            if len(lines) >= 3 and lines[0].startswith(b"@RSYNCD:"):
-                self.module = lines[1].decode("utf-8", "replace").strip() or None
-            self._head = None
+    @property
+    def module(self) -> str | None:
+        """The rsyncd module BackupPC asked for, once known."""
+        return self._greeting.module
 
     def write_eof(self) -> None:
         self.socket.loseWriteConnection()

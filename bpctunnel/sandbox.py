@@ -187,16 +187,17 @@ class RunningServer:
 def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.0.0.1", *,
                  certs_dir: Path | None = None, conf_dir: Path | None = None, port: int = 0,
                  api_token: str | None = None, proxy_protocol: bool = False,
-                 **settings) -> Deferred:
+                 backup_trigger=None, **settings) -> Deferred:
     """
     Listen on C{interface}:C{port} (any free port by default) with the
     sandbox's files (or the given folders); C{settings} are more
-    L{ServerSettings}.  The status API listens on 127.0.0.1, port 0.  Fires
-    with a L{RunningServer}.
+    L{ServerSettings}; C{backup_trigger} takes laptops' backup requests.  The
+    status API listens on 127.0.0.1, port 0.  Fires with a L{RunningServer}.
     """
     certs_dir = certs_dir or sandbox.certs_dir
     conf_dir = conf_dir or sandbox.conf_dir
-    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir, **settings))
+    factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir, **settings),
+                                  backup_trigger=backup_trigger)
     endpoint = TunnelEndpoint(reactor, port, server_tls_options(certs_dir), interface,
                               proxy_protocol)
 

@@ -37,8 +37,17 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from bpctunnel import framing
+from bpctunnel.backup_desk import BackupDesk
+from bpctunnel.backup_trigger import BackupTrigger
 from bpctunnel.backuppc import TunnelSettings, authorize, read_hosts, read_perl_config
-from bpctunnel.errors import BpcTunnelError, PortUnavailable, ProtocolError, Refused, UnknownHost
+from bpctunnel.errors import (
+    AlreadyConnected,
+    BpcTunnelError,
+    PortUnavailable,
+    ProtocolError,
+    Refused,
+    UnknownHost,
+)
 from bpctunnel.filecache import FileCache
 from bpctunnel.local import LocalListenerFactory
 from bpctunnel.metrics import ServerMetrics
@@ -108,6 +117,12 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     connected_at: float | None = None
     certificate_expires = None
     last_backup: dict | None = None
+    #: C{"backup-now"} from C{bpctunnel backup-now}: if a tunnel for the
+    #: host is already up, this connection only watches (see L{watching}).
+    role: str = "tunnel"
+    #: A connection that holds no port and carries nothing: it asked for a
+    #: backup that the host's live tunnel carries, and follows its progress.
+    watching = False
     _cleaned_up = False
     _unauthenticated = False
     _started = False
@@ -140,6 +155,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self.peer_address = _peer_of(self.transport)
         if request.path != TUNNEL_PATH:
             self._deny(404, f"no tunnel at {request.path[:100]}; the path is {TUNNEL_PATH}")
+        if request.headers.get(framing.ROLE_HEADER.lower()) == "backup-now":
+            self.role = "backup-now"
         if framing.SUBPROTOCOL not in request.protocols:
             offered = ", ".join(request.protocols)[:100] or "none"
             self._deny(
@@ -166,15 +183,31 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self.host, self.settings = settings.host, settings
         d = self.factory.registry.claim(settings.host, self)
         d.addCallback(lambda _: self.factory.listen_local(settings.port, LocalListenerFactory(self)))
-        return d.addCallbacks(self._listening, self._listen_failed)
+        d.addCallbacks(self._listening, self._listen_failed)
+        if self.role == "backup-now":
+            d.addErrback(self._watch)
+        return d
 
     def _listening(self, port: IListeningPort) -> None:
         if self._cleaned_up:
             port.stopListening()
             return
         self.listening_port = port
+        self._make_mux()
+
+    def _watch(self, failure) -> None:
+        # backup-now while the host's own client has the tunnel: follow it.
+        failure.trap(AlreadyConnected)
+        if self._cleaned_up:
+            return
+        self.watching = True
+        self.factory.watchers.add(self)
+        self._make_mux()
+
+    def _make_mux(self) -> None:
         self.mux = Multiplexer(self._send_message, is_server=True, name=self.host,
-                               on_pong=self._pong, clock=self.factory.reactor)
+                               on_pong=self._pong, on_control=self._control,
+                               clock=self.factory.reactor)
 
     def _listen_failed(self, failure):
         if failure.check(Refused):
@@ -215,6 +248,10 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self.connected_at = self.factory.reactor.seconds()
         self.factory.metrics.handshakes.inc()
         self.registerProducer(self.mux, True)
+        if self.watching:
+            self._log.info("backup-now of {client_name} from {peer} follows the tunnel already up",
+                           client_name=self.host, peer=self.peer_address)
+            return
         self.factory.notify("up", self)
         self._log.info(
             "tunnel up for {client_name} from {peer}, listening on 127.0.0.1:{port}",
@@ -241,6 +278,22 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             self.mux.message_received(payload)
         except ProtocolError as e:
             self._protocol_error(str(e))
+
+    def module_requested(self, module: str) -> None:
+        """BackupPC asked for C{module} on one of this tunnel's connections."""
+        self.factory.backup_desk.module_started(self.host, module)
+
+    def send_control(self, body: dict) -> None:
+        """Send a CONTROL message to the client, if the tunnel is still up."""
+        if self.mux is not None and not self._cleaned_up:
+            self.mux.send(framing.Control(body))
+
+    def _control(self, body: dict) -> None:
+        if body.get("type") == "backup-request":
+            self.factory.backup_desk.request(self, full=body.get("full") is True)
+        else:
+            self._log.debug("ignoring control message {message_type} from {client_name}",
+                            message_type=str(body.get("type"))[:40], client_name=self.host)
 
     def _protocol_error(self, what: str) -> None:
         self._log.warn(
@@ -344,9 +397,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self._log.info("BackupPC reports the backup of {client_name} {outcome}{detail}",
                        client_name=self.host, outcome="succeeded" if ok else "failed",
                        detail=f": {detail}" if detail else "")
-        if self.mux is not None:
-            self.mux.send(framing.Control({"type": "backup-done", "host": self.host, "ok": ok,
-                                           "detail": detail}))
+        self.send_control({"type": "backup-done", "host": self.host, "ok": ok, "detail": detail})
 
     def close_tunnel(self, code: int, reason: str, log: bool = False) -> None:
         """Close from the server side with a reason the client shows; free the port now."""
@@ -397,7 +448,9 @@ class TunnelServerProtocol(WebSocketServerProtocol):
             closed = maybeDeferred(port.stopListening)
         if self.host is not None:
             self.factory.registry.release(self.host, self)
-        if self.mux is not None:
+            self.factory.watchers.discard(self)
+            self.factory.backup_desk.forget(self)
+        if self.mux is not None and not self.watching:
             self.factory.metrics.tunnel_closed(self)
             self.factory.notify("down", self)
         closed.chainDeferred(self._down)
@@ -447,6 +500,7 @@ class TunnelServerFactory(WebSocketServerFactory):
         settings: ServerSettings,
         listen_local: Callable[[int, Factory], Deferred] | None = None,
         url: str = "wss://localhost/tunnel",
+        backup_trigger: BackupTrigger | None = None,
     ):
         super().__init__(url, protocols=[framing.SUBPROTOCOL], reactor=reactor)
         self.reactor = reactor
@@ -456,6 +510,9 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.listen_local = listen_local or self._listen_tcp
         #: Callables C{(event, tunnel)} told of each tunnel going "up" and "down".
         self.observers: list[Callable] = []
+        #: backup-now connections that follow another connection's tunnel.
+        self.watchers: set[TunnelServerProtocol] = set()
+        self.backup_desk = BackupDesk(reactor, self.registry, backup_trigger)
         self._read_hosts = FileCache(read_hosts)
         self._read_config = FileCache(read_perl_config)
         self._unauthenticated: dict[str, int] = {}
@@ -471,6 +528,9 @@ class TunnelServerFactory(WebSocketServerFactory):
             webStatus=False,
             autoPingInterval=settings.keepalive,
             autoPingTimeout=settings.keepalive,
+            # Our clients send unmasked frames (they travel inside TLS end to
+            # end); masked ones, from older clients, are still accepted.
+            requireMaskedClientFrames=False,
         )
 
     def startFactory(self) -> None:
@@ -487,7 +547,7 @@ class TunnelServerFactory(WebSocketServerFactory):
     def check_tunnels(self) -> None:
         """Check every live tunnel (see L{TunnelServerProtocol.check})."""
         now = self.reactor.seconds()
-        for tunnel in self.registry:
+        for tunnel in [*self.registry, *self.watchers]:
             try:
                 tunnel.check(now)
             except Exception:

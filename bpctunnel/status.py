@@ -190,11 +190,8 @@ class BackupDoneResource(_Api):
         detail = request.args.get(b"detail", [b""])[0].decode("utf-8", "replace")[:500]
         ok = ok_arg == b"1"
         self.factory.metrics.backups.labels("success" if ok else "failure").inc()
-        tunnel = self.live(self.host)
-        if tunnel is None:
-            return _json(request, 200, {"host": self.host, "delivered": False})
-        tunnel.backup_done(ok, detail)
-        return _json(request, 200, {"host": self.host, "delivered": True})
+        told = self.factory.backup_desk.backup_done(self.host, ok, detail)
+        return _json(request, 200, {"host": self.host, "delivered": told > 0})
 
 
 class MetricsResource(Resource):

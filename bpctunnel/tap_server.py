@@ -44,6 +44,8 @@ class Options(usage.Options):
     longdesc = LONGDESC
     optFlags = [
         ["backup-on-connect", None, "Ask BackupPC for a backup when a laptop connects."],
+        ["no-backup-now", None, "Refuse laptops' requests for a backup now "
+                                "(bpctunnel backup-now)."],
         ["proxy-protocol", None, "Expect a PROXY protocol header (v1 or v2) before TLS, from "
                                  "HAProxy or nginx in front of the server."],
     ]
@@ -135,9 +137,11 @@ def makeService(options: Options, reactor=None):
         from twisted.internet import reactor
     address = options["listen_address"]
     conf = Path(options["backuppc-conf"])
-    factory = TunnelServerFactory(reactor, options["settings"])
+    trigger = BackupTrigger(reactor, options["backup_request"])
+    factory = TunnelServerFactory(reactor, options["settings"],
+                                  backup_trigger=None if options["no-backup-now"] else trigger)
     if options["backup-on-connect"]:
-        factory.observers.append(BackupTrigger(reactor, options["backup_request"]))
+        factory.observers.append(trigger)
     endpoint = TunnelEndpoint(reactor, address.port, options["tls"], address.interface,
                               options["proxy-protocol"])
     top = MultiService()

@@ -499,6 +499,69 @@ class IsolatedBackupPC:
         """Fires with BackupPC's record of C{host}'s restores (C{RestoreInfoRead})."""
         return self._perl_json("[$bpc->RestoreInfoRead($ARGV[0])]", host)
 
+    def host_status(self, host: str) -> Deferred:
+        """
+        Fires with the daemon's status of C{host} (C{%StatusHost}, as
+        C{BackupPC_serverMesg status host(HOST)} gives it): C{state},
+        C{reason} (e.g. C{Reason_backup_done}, C{Reason_no_ping}), C{error},
+        C{UserQueueOn} (a backup is queued), C{Job} (true while one runs),
+        ...  The daemon keeps this in memory only.
+        """
+        return self._perl_json(
+            "do { my $err = $bpc->ServerConnect($bpc->{Conf}{ServerHost}, $bpc->{Conf}{ServerPort});"
+            " die qq{$err\\n} if $err ne ''; my %StatusHost;"
+            " eval($bpc->ServerMesg('status host(' . $bpc->uriEsc($ARGV[0]) . ')'));"
+            # Job holds the job's pipe (a glob, which JSON cannot encode).
+            " $StatusHost{Job} = defined($StatusHost{Job}) ? 1 : 0; \\%StatusHost }", host)
+
+    @staticmethod
+    def idle(status: dict) -> bool:
+        """C{status} (a L{host_status}) has no backup queued or running."""
+        return not (status.get("Job") or status.get("UserQueueOn") or status.get("BgQueueOn"))
+
+    def wait_for_host_status(self, host: str, done, timeout: float = PROGRAM_TIMEOUT,
+                             interval: float = 0.2) -> Deferred:
+        """
+        Fires with C{host}'s L{host_status} once C{done(status)} is true.
+        The daemon tells no one when it has taken in the end of a job it
+        ran (it writes no file), so this asks it every C{interval} seconds,
+        one question at a time, and fails after C{timeout} seconds with the
+        last status it saw.
+        """
+        from twisted.internet.task import LoopingCall
+
+        result = Deferred()
+        seen = []
+
+        def ask():
+            def got(status):
+                seen.append(status)
+                if done(status) and not result.called:
+                    finish(status)
+            return self.host_status(host).addCallback(got)
+
+        def finish(outcome):
+            if loop.running:
+                loop.stop()
+            if call.active():
+                call.cancel()
+            if isinstance(outcome, Exception):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        def failed(failure):
+            if not result.called:
+                finish(failure.value)
+
+        loop = LoopingCall(ask)
+        loop.clock = self.reactor
+        call = self.reactor.callLater(timeout, lambda: finish(BackupPCProgramError(
+            f"{host}'s status never got there in {timeout} s; last status: "
+            f"{seen[-1] if seen else None}\nLOG:\n{self.server_log()}")))
+        loop.start(interval).addErrback(failed)
+        return result
+
     def host_log(self, host: str) -> str:
         """C{host}'s own BackupPC log (C{<TopDir>/pc/<host>/LOG.<MMYYYY>}, this month's and older)."""
         texts = [p.read_text("utf-8", "replace")

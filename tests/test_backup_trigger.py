@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.client import HTTPConnectionPool
 
-from bpctunnel.backup_trigger import BackupRequest, BackupTrigger
+from bpctunnel.backup_trigger import BackupReply, BackupRequest, BackupTrigger
 from tests.helpers import TIMEOUT, run_cli, temp_dir
 from tests.test_end_to_end import TunnelTestCase
 
@@ -22,7 +22,7 @@ def stand_in(folder, exit_code=0, reply="ok: requested backup of $2 (auto)"):
     """A BackupPC_serverMesg that records its arguments and answers like the real one."""
     script = folder / "BackupPC_serverMesg"
     args = folder / "args"
-    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {args}\necho \"{reply}\"\n"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {args}\nprintf '%s' \"Got reply: {reply}\"\n"
                       f"exit {exit_code}\n")
     os.chmod(script, 0o755)
     return script, args
@@ -53,7 +53,7 @@ class BackupRequestTests(TunnelTestCase):
         script, _ = stand_in(temp_dir(self), exit_code=1, reply="error: unknown host $2")
         trigger = BackupTrigger(reactor, BackupRequest((str(script),)))
         reply = yield trigger.request_backup("laptop9")
-        self.assertEqual(reply, "error: unknown host laptop9")
+        self.assertEqual(reply, BackupReply(False, "error: unknown host laptop9"))
         line = yield self.logs.wait_for("asking BackupPC to back up laptop9 failed (exit 1)")
         self.assertIn("error: unknown host laptop9", line)
 
@@ -62,7 +62,8 @@ class BackupRequestTests(TunnelTestCase):
         """A wrong path is an error in the log, not a crash."""
         trigger = BackupTrigger(reactor, BackupRequest(("/nonexistent/BackupPC_serverMesg",)))
         reply = yield trigger.request_backup("laptop1")
-        self.assertIsNone(reply)
+        self.assertFalse(reply.ok)
+        self.assertIn("cannot run /nonexistent/BackupPC_serverMesg", reply.text)
         line = yield self.logs.wait_for("cannot ask BackupPC to back up laptop1")
         self.assertIn("/nonexistent/BackupPC_serverMesg", line)
 

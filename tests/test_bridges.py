@@ -224,6 +224,8 @@ class LocalConnectionTests(SynchronousTestCase):
         self.sent = []
         tunnel = type("Tunnel", (), {})()
         tunnel.host = "laptop1"
+        self.modules = []
+        tunnel.module_requested = self.modules.append
         tunnel.mux = Multiplexer(self.sent.append, is_server=True, window=100)
         self.mux = tunnel.mux
         self.protocol = LocalConnectionProtocol(tunnel)
@@ -273,3 +275,12 @@ class LocalConnectionTests(SynchronousTestCase):
         self.mux.message_received(framing.encode(framing.Accept(2, 100)))
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.messages()[-2:], [framing.Eof(2), framing.Close(2)])
+
+    def test_module_reported_once(self):
+        """The module BackupPC names in its greeting is reported to the tunnel once."""
+        self.mux.message_received(framing.encode(framing.Accept(2, 100)))
+        self.protocol.dataReceived(b"@RSYNCD: 31.0\ndocu")
+        self.assertEqual(self.modules, [])
+        self.protocol.dataReceived(b"ments\n--server\n")
+        self.protocol.dataReceived(b"more\n")
+        self.assertEqual((self.modules, self.protocol.module), (["documents"], "documents"))

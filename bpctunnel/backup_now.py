@@ -1,0 +1,269 @@
+"""
+C{bpctunnel backup-now}: the laptop's user asks for a backup, watches it
+run, and learns from BackupPC itself whether it worked.
+
+It connects to the server with the client's own config.  If no tunnel for
+this host is up, its connection is the tunnel (it runs rsync for BackupPC
+until the backup ends); if the long-running client has the tunnel, the
+server lets this connection follow it.  The server asks BackupPC for the
+backup, reports progress every second, and passes on the result that
+BackupPC's C{$Conf{DumpPostUserCmd}} (C{bpctunnel backup-done}) reports.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from bpctunnel import framing
+from bpctunnel.client import TunnelClientFactory, advice_for, duration, tls_advice
+
+#: Exit statuses.
+OK, FAILED, NOT_STARTED, TIMED_OUT = 0, 1, 2, 3
+#: Seconds to wait for the closing handshake once the outcome is known.
+CLOSE_WAIT = 10.0
+
+
+@attrs.frozen
+class Outcome:
+    """How a backup-now run ended: its exit status and the reason, in words."""
+
+    status: int
+    message: str
+
+
+def human_bytes(count: float) -> str:
+    """C{1536} -> '1.5 KB' (powers of 1000, as rsync and BackupPC print them)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def clock_time(seconds: float) -> str:
+    """C{75} -> '0:01:15'."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressDisplay:
+    """
+    Shows progress: one line rewritten in place on a terminal (C{live}),
+    else a plain line when the module changes and every C{every} seconds.
+    """
+
+    def __init__(self, stream: TextIO, clock, live: bool, every: float = 10.0):
+        self.stream = stream
+        self.clock = clock
+        self.live = live
+        self.every = every
+        self.started = clock.seconds()
+        self._last = (None, 0.0)  # (bytes, time) of the previous update, for the rate
+        self._printed_at: float | None = None
+        self._printed_modules = None
+        self._width = 0
+
+    def say(self, text: str) -> None:
+        """A line of its own (ending any live line)."""
+        self._end_live_line()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def update(self, body: dict) -> None:
+        """A C{backup-progress} message from the server."""
+        now = self.clock.seconds()
+        sent = int(body.get("bytes_from_client") or 0)
+        previous, then = self._last
+        rate = (sent - previous) / (now - then) if previous is not None and now > then else 0.0
+        self._last = (sent, now)
+        line = self.progress_line(body, sent, rate, now - self.started)
+        modules = tuple(body.get("modules") or ())
+        if self.live:
+            padding = " " * max(0, self._width - len(line))
+            self.stream.write("\r" + line + padding)
+            self.stream.flush()
+            self._width = len(line)
+        elif (modules != self._printed_modules or self._printed_at is None
+              or now - self._printed_at >= self.every):
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._printed_at, self._printed_modules = now, modules
+
+    @staticmethod
+    def progress_line(body: dict, sent: int, rate: float, elapsed: float) -> str:
+        host = body.get("host", "")
+        if not body.get("tunnel"):
+            return f"{host}: waiting for the tunnel to come back, {clock_time(elapsed)}"
+        modules = ", ".join(body.get("modules") or ())
+        if not modules and not sent:
+            return f"{host}: waiting for BackupPC to start the backup, {clock_time(elapsed)}"
+        what = f"module {modules}" if modules else "between modules"
+        return (f"{host}: backing up {what}, {human_bytes(sent)} sent, "
+                f"{human_bytes(rate)}/s, {clock_time(elapsed)}")
+
+    def finish(self) -> None:
+        self._end_live_line()
+
+    def _end_live_line(self) -> None:
+        if self.live and self._width:
+            self.stream.write("\n")
+            self._width = 0
+
+
+class BackupNow:
+    """
+    One run: connect, ask for the backup, follow it, and end with an
+    L{Outcome} (C{result} fires with it once the connection has closed).
+
+    @param connect: C{factory -> Deferred}, e.g. an endpoint's C{connect}.
+    @param timeout: seconds from the request to BackupPC's result.
+    @param start_timeout: seconds BackupPC may take to start carrying the
+        backup after it took the request.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, config, connect, display: ProgressDisplay, *, full: bool = False,
+                 timeout: float = 6 * 3600.0, start_timeout: float = 600.0,
+                 factory: TunnelClientFactory | None = None):
+        self.reactor = reactor
+        self.config = config
+        self.display = display
+        self.full = full
+        self.timeout = timeout
+        self.start_timeout = start_timeout
+        self.factory = factory or TunnelClientFactory(reactor, config, role="backup-now")
+        self.factory.observers.append(self._event)
+        self.result = Deferred()
+        self._connect = connect
+        self._outcome: Outcome | None = None
+        self._timers = []
+        self._started = False
+        self._start_timer = None
+        self._closed = False
+
+    def run(self) -> Deferred:
+        """Start; returns L{result}."""
+        self.display.say(f"connecting to {self.config.server} as {self.config.host}")
+        self._after(self.timeout, TIMED_OUT,
+                    f"BackupPC reported no result within {duration(self.timeout)}; the backup "
+                    f"may still be running: see BackupPC's log for {self.config.host}")
+        d = self._connect(self.factory)
+        d.addErrback(lambda f: self._finish(NOT_STARTED, f"cannot reach {self.config.server}: "
+                                                         f"{f.getErrorMessage()}", closed=True))
+        return self.result
+
+    def _after(self, seconds: float, status: int, message: str):
+        call = self.reactor.callLater(seconds, self._finish, status, message)
+        self._timers.append(call)
+        return call
+
+    def _event(self, event: str, protocol, detail) -> None:
+        if event == "open":
+            kind = "a full" if self.full else "an incremental"
+            self.display.say(f"tunnel up; asking BackupPC for {kind} backup of {self.config.host}")
+            protocol.mux.send(framing.Control({"type": "backup-request", "full": self.full}))
+        elif event == "control":
+            self._control(detail)
+        elif event == "closed":
+            self._closed = True
+            if self._outcome is None:
+                self._tunnel_closed(protocol, detail)
+            else:
+                self._done()
+
+    def _control(self, body: dict) -> None:
+        kind = body.get("type")
+        message = str(body.get("message") or "")
+        if kind == "backup-requested":
+            if not body.get("ok"):
+                self._finish(NOT_STARTED, f"BackupPC did not take the request: {message}")
+                return
+            self.display.say(f"BackupPC took the request: {message}")
+            self._start_timer = self._after(
+                self.start_timeout, TIMED_OUT,
+                f"BackupPC did not start the backup within {duration(self.start_timeout)} (it "
+                f"may be busy with other hosts, or found nothing to do): see its log")
+        elif kind == "backup-progress":
+            if not self._started and (body.get("connections") or body.get("bytes_from_client")):
+                self._started = True
+                if self._start_timer is not None and self._start_timer.active():
+                    self._start_timer.cancel()
+            self.display.update(body)
+        elif kind == "backup-done":
+            self._backup_done(body)
+
+    def _backup_done(self, body: dict) -> None:
+        detail = str(body.get("detail") or "")
+        modules = ", ".join(str(m) for m in body.get("modules") or ())
+        if modules:
+            sent = human_bytes(int(body.get("bytes_from_client") or 0))
+            self.display.say(f"{self.config.host}: {sent} sent from module(s) {modules}")
+        if body.get("ok"):
+            self._finish(OK, "BackupPC reports the backup succeeded"
+                             + (f": {detail}" if detail else ""))
+        else:
+            self._finish(FAILED, "BackupPC reports the backup failed"
+                                 + (f": {detail}" if detail else "")
+                                 + f"; see BackupPC's log for {self.config.host}")
+
+    def _tunnel_closed(self, protocol, reason) -> None:
+        reason = str(reason or "the connection closed")
+        if protocol is None or protocol.mux is None:
+            # It never opened: refused, or TLS failed.
+            advice = tls_advice(reason) or advice_for(reason)
+            self._finish(NOT_STARTED, f"could not open the tunnel: {reason}; {advice}")
+        else:
+            self._finish(FAILED, f"the tunnel closed before BackupPC reported the result: {reason}")
+
+    def _finish(self, status: int, message: str, closed: bool = False) -> None:
+        if self._outcome is not None:
+            return
+        self._outcome = Outcome(status, message)
+        self._cancel_timers()
+        self.display.finish()
+        self._closed = self._closed or closed
+        current = self.factory.current
+        if not self._closed and current is not None:
+            current.close_tunnel("backup-now is done")
+            # The closing handshake ends in "closed"; do not wait forever.
+            self._timers.append(self.reactor.callLater(CLOSE_WAIT, self._done))
+        else:
+            self._done()
+
+    def _cancel_timers(self) -> None:
+        for call in self._timers:
+            if call.active():
+                call.cancel()
+        self._timers = []
+
+    def _done(self) -> None:
+        self._cancel_timers()
+        if not self.result.called:
+            self.result.callback(self._outcome)
+
+
+def stream_is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def main(reactor, config, full: bool, timeout: float, start_timeout: float, stream) -> Deferred:
+    """For C{task.react}: fires with the exit status."""
+    from bpctunnel.client import client_endpoint
+
+    display = ProgressDisplay(stream, reactor, live=stream_is_terminal(stream))
+    endpoint = client_endpoint(reactor, config)
+    run = BackupNow(reactor, config, endpoint.connect, display, full=full, timeout=timeout,
+                    start_timeout=start_timeout)
+    started = reactor.seconds()
+
+    def report(outcome: Outcome) -> int:
+        display.say(f"{outcome.message} ({clock_time(reactor.seconds() - started)})")
+        return outcome.status
+
+    return run.run().addCallback(report)

@@ -1,0 +1,345 @@
+"""
+`bpctunnel backup-now`: the request, progress and BackupPC's verdict.
+
+The units run on a Clock; the end-to-end tests run the real command against
+a server in this process (real TLS, real rsync), with a recording stand-in
+for BackupPC_serverMesg and `bpctunnel backup-done` as BackupPC's
+DumpPostUserCmd would run it.  tests/test_backuppc_integration.py runs it
+with the real BackupPC.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from bpctunnel.backup_desk import BackupDesk
+from bpctunnel.backup_now import ProgressDisplay, clock_time, human_bytes
+from bpctunnel.backup_trigger import BackupReply, BackupRequest, BackupTrigger
+from tests.helpers import TIMEOUT, run_cli, spawn, tcp_connect, temp_dir
+from tests.test_backup_trigger import stand_in
+from tests.test_end_to_end import TunnelTestCase
+
+
+class FormatTests(SynchronousTestCase):
+    def test_human_bytes(self):
+        self.assertEqual([human_bytes(n) for n in (0, 999, 1500, 2_500_000, 7 * 10**12)],
+                         ["0 bytes", "999 bytes", "1.5 KB", "2.5 MB", "7.0 TB"])
+
+    def test_clock_time(self):
+        self.assertEqual([clock_time(s) for s in (0, 75, 3 * 3600 + 62.9)],
+                         ["0:00:00", "0:01:15", "3:01:02"])
+
+
+def progress(sent=0, modules=(), connections=None, tunnel=True):
+    return {"type": "backup-progress", "host": "laptop1", "tunnel": tunnel,
+            "connections": len(modules) if connections is None else connections,
+            "modules": list(modules), "bytes_from_client": sent, "bytes_to_client": 0}
+
+
+class ProgressDisplayTests(SynchronousTestCase):
+    def test_plain_lines_when_not_a_terminal(self):
+        """A line on each module change, else one every `every` seconds; no carriage returns."""
+        clock, out = Clock(), io.StringIO()
+        display = ProgressDisplay(out, clock, live=False, every=10)
+        display.update(progress())
+        clock.advance(1)
+        display.update(progress(1_000_000, ["documents"]))
+        clock.advance(1)
+        display.update(progress(3_000_000, ["documents"]))  # same module, too soon
+        clock.advance(10)
+        display.update(progress(13_000_000, ["documents"]))
+        clock.advance(1)
+        display.update(progress(14_000_000, ["photos"]))
+        self.assertEqual(out.getvalue().splitlines(), [
+            "laptop1: waiting for BackupPC to start the backup, 0:00:00",
+            "laptop1: backing up module documents, 1.0 MB sent, 1.0 MB/s, 0:00:01",
+            "laptop1: backing up module documents, 13.0 MB sent, 1.0 MB/s, 0:00:12",
+            "laptop1: backing up module photos, 14.0 MB sent, 1.0 MB/s, 0:00:13",
+        ])
+
+    def test_live_line_on_a_terminal(self):
+        """On a terminal one line is rewritten in place; a message ends it first."""
+        clock, out = Clock(), io.StringIO()
+        display = ProgressDisplay(out, clock, live=True)
+        display.update(progress(5000, ["documents"]))
+        clock.advance(2)
+        display.update(progress(7000, ["documents"]))
+        display.say("done")
+        self.assertEqual(out.getvalue(),
+                         "\rlaptop1: backing up module documents, 5.0 KB sent, 0 bytes/s, 0:00:00"
+                         # one space blanks what the longer line left behind
+                         "\rlaptop1: backing up module documents, 7.0 KB sent, 1.0 KB/s, 0:00:02 "
+                         "\ndone\n")
+
+    def test_tunnel_gone(self):
+        line = ProgressDisplay.progress_line(progress(tunnel=False), 0, 0, 5)
+        self.assertEqual(line, "laptop1: waiting for the tunnel to come back, 0:00:05")
+
+
+class FakeMux:
+    def __init__(self):
+        self.bytes_in = self.bytes_out = 0
+        self.channels = {}
+        self.lost = False
+
+
+class FakeTunnel:
+    def __init__(self, host="laptop1"):
+        self.host = host
+        self.mux = FakeMux()
+        self.controls = []
+        self.reported = []
+
+    def send_control(self, body):
+        self.controls.append(body)
+
+    def backup_done(self, ok, detail):
+        self.reported.append((ok, detail))
+
+
+class FakeTrigger:
+    def __init__(self, reply=BackupReply(True, "ok")):
+        self.reply = reply
+        self.asked = []
+
+    def request_backup(self, host, backup_type=None):
+        self.asked.append((host, backup_type))
+        return succeed(self.reply)
+
+
+class Registry(dict):
+    def get(self, host):
+        return super().get(host)
+
+
+class BackupDeskTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.tunnel = FakeTunnel()
+        self.registry = Registry(laptop1=self.tunnel)
+        self.trigger = FakeTrigger()
+        self.desk = BackupDesk(self.clock, self.registry, self.trigger, interval=1.0)
+
+    def test_request_progress_and_result(self):
+        """Progress counts only bytes since the request; the result ends the reports."""
+        watcher = FakeTunnel()
+        self.tunnel.mux.bytes_in = 500  # carried before the request: not counted
+        self.desk.request(watcher, full=True)
+        self.assertEqual(self.trigger.asked, [("laptop1", "1")])
+        self.assertEqual(watcher.controls[0], {"type": "backup-requested", "ok": True,
+                                               "message": "ok"})
+        self.assertEqual(watcher.controls[1]["bytes_from_client"], 0)
+        channel = type("Channel", (), {})()
+        channel.local = type("Local", (), {"module": "documents"})()
+        self.tunnel.mux.channels[2] = channel
+        self.tunnel.mux.bytes_in += 4096
+        self.clock.advance(1)
+        self.assertEqual(watcher.controls[-1], progress(4096, ["documents"]))
+        self.assertEqual(self.desk.backup_done("laptop1", True, "xferOK=1"), 2)
+        self.assertEqual(watcher.controls[-1], {
+            "type": "backup-done", "host": "laptop1", "ok": True, "detail": "xferOK=1",
+            "modules": [], "bytes_from_client": 4096, "bytes_to_client": 0})
+        self.assertEqual(self.tunnel.reported, [(True, "xferOK=1")])
+        count = len(watcher.controls)
+        self.clock.advance(5)
+        self.assertEqual(len(watcher.controls), count)
+
+    def test_module_reported_at_once_and_summed_up(self):
+        """A module BackupPC asks for is reported at once; the result lists them all."""
+        self.desk.request(self.tunnel)
+        self.desk.module_started("laptop1", "documents")
+        self.assertEqual(self.tunnel.controls[-1]["type"], "backup-progress")
+        count = len(self.tunnel.controls)
+        self.desk.module_started("laptop1", "photos")
+        self.desk.module_started("laptop1", "documents")
+        self.desk.module_started("laptop2", "documents")  # no request: nothing
+        self.assertEqual(len(self.tunnel.controls), count + 2)
+        watcher = FakeTunnel()
+        self.desk.request(watcher)
+        self.tunnel.mux.bytes_in = 1234
+        self.desk.backup_done("laptop1", False, "")
+        self.assertEqual(watcher.controls[-1], {
+            "type": "backup-done", "host": "laptop1", "ok": False, "detail": "",
+            "modules": ["documents", "photos"], "bytes_from_client": 1234,
+            "bytes_to_client": 0})
+
+    def test_reconnected_tunnel_keeps_the_count(self):
+        """Bytes of a tunnel that was replaced mid-backup stay in the total."""
+        self.desk.request(self.tunnel)
+        self.tunnel.mux.bytes_in = 1000
+        new = FakeTunnel()
+        new.mux.bytes_in = 300
+        self.registry["laptop1"] = new
+        self.clock.advance(1)
+        self.assertEqual(self.tunnel.controls[-1]["bytes_from_client"], 1300)
+
+    def test_declined_request(self):
+        """BackupPC's refusal goes back in its words, and nothing more is sent."""
+        self.trigger.reply = BackupReply(False, "error: unknown host laptop1")
+        self.desk.request(self.tunnel)
+        self.assertEqual(self.trigger.asked, [("laptop1", "0")])
+        self.assertEqual(self.tunnel.controls, [{"type": "backup-requested", "ok": False,
+                                                 "message": "error: unknown host laptop1"}])
+        self.clock.advance(5)
+        self.assertEqual(len(self.tunnel.controls), 1)
+
+    def test_no_trigger(self):
+        desk = BackupDesk(self.clock, self.registry, None)
+        desk.request(self.tunnel)
+        self.assertFalse(self.tunnel.controls[0]["ok"])
+        self.assertIn("--no-backup-now", self.tunnel.controls[0]["message"])
+
+    def test_forget_stops_reports(self):
+        self.desk.request(self.tunnel)
+        count = len(self.tunnel.controls)
+        self.desk.forget(self.tunnel)
+        self.clock.advance(5)
+        self.assertEqual(len(self.tunnel.controls), count)
+        self.assertEqual(self.desk.backup_done("laptop1", False), 1)  # the tunnel itself
+
+
+class BackupNowTestCase(TunnelTestCase):
+    """A server whose BackupPC_serverMesg is a recording stand-in."""
+
+    mesg_exit = 0
+    mesg_reply = "ok: requested backup of $2"
+
+    def setUp(self):
+        script, self.mesg_args = stand_in(temp_dir(self), self.mesg_exit, self.mesg_reply)
+        self.server_settings = {"backup_trigger": BackupTrigger(
+            reactor, BackupRequest((str(script),), "bpctunnel", "-1"))}
+        return super().setUp()
+
+    def laptop(self, host="laptop1", register=True):
+        """Register C{host}; its client config, without starting the client."""
+        files = self.sandbox.issue_client(host)
+        port = self.port = self.free_port()
+        if register:
+            self.sandbox.register(host, port, files.fingerprint)
+        return self.sandbox.write_client_config(files, self.server.url, {"documents": self.root},
+                                                self.rsync)
+
+    @staticmethod
+    def free_port():
+        from bpctunnel.sandbox import free_port
+
+        return free_port()
+
+    def backup_now(self, config, *args):
+        return spawn(self, [sys.executable, "-m", "bpctunnel", "backup-now", "--config",
+                            str(config), *args])
+
+    def backup_done(self, status):
+        return run_cli(self, "backup-done", "laptop1", status, "--api", self.server.api_url,
+                       "--detail", f"xferOK={status}")
+
+    @inlineCallbacks
+    def backuppc_reads(self, module):
+        """What BackupPC does first: connect to the host's port and name a module."""
+        connection = yield tcp_connect(self.port)
+        self.addCleanup(connection.transport.loseConnection)
+        connection.transport.write(f"@RSYNCD: 31.0\n{module}\n".encode())
+        return connection
+
+
+class BackupNowTests(BackupNowTestCase):
+    """Acceptance 3, with the stand-in: exit 0 after success, non-zero after failure."""
+
+    @inlineCallbacks
+    def test_success_with_progress(self):
+        """No client running: backup-now carries the tunnel, shows progress, exits 0."""
+        process = self.backup_now(self.laptop(), "--full")
+        yield process.wait_for("BackupPC took the request: ok: requested backup of laptop1")
+        self.assertEqual(self.mesg_args.read_text().splitlines(),
+                         ["backup", "laptop1", "laptop1", "bpctunnel", "1"])
+        yield process.wait_for("waiting for BackupPC to start the backup")
+        connection = yield self.backuppc_reads("documents")
+        yield process.wait_for("laptop1: backing up module documents, ")
+        connection.transport.loseConnection()
+        code, out = yield self.backup_done("1")
+        self.assertIn("backup of laptop1 succeeded", out)
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 0, process.text)
+        self.assertIn("BackupPC reports the backup succeeded: xferOK=1", process.text)
+        self.assertNotIn("\r", process.text)  # not a terminal: plain lines
+        yield self.logs.wait_for("laptop1 asks for a full backup now")
+
+    @inlineCallbacks
+    def test_failure(self):
+        """BackupPC reports failure: exit 1 with the reason."""
+        process = self.backup_now(self.laptop())
+        yield process.wait_for("BackupPC took the request")
+        yield self.backup_done("0")
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 1, process.text)
+        self.assertIn("BackupPC reports the backup failed: xferOK=0; see BackupPC's log for "
+                      "laptop1", process.text)
+        self.assertEqual(self.mesg_args.read_text().splitlines()[-1], "0")  # incremental
+
+    @inlineCallbacks
+    def test_follows_the_running_client(self):
+        """
+        With the client service connected, backup-now follows its tunnel: the
+        backup runs through the service's tunnel, which stays up.
+        """
+        client, port, files = yield self.connected_client("laptop1", {"documents": self.root})
+        self.port = port
+        tunnel, protocol = self.server.factory.registry.get("laptop1"), client.factory.current
+        process = self.backup_now(files.cert.parent / "laptop1.conf")
+        yield process.wait_for("BackupPC took the request")
+        yield self.logs.wait_for("backup-now of laptop1 from 127.0.0.1")
+        connection = yield self.backuppc_reads("documents")
+        yield process.wait_for("laptop1: backing up module documents, ")
+        connection.transport.loseConnection()
+        yield self.backup_done("1")
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 0, process.text)
+        self.assertIs(self.server.factory.registry.get("laptop1"), tunnel)
+        self.assertIs(client.factory.current, protocol)
+        self.assertFalse(tunnel.mux.lost)
+        self.assertEqual(self.server.factory.watchers, set())
+        # The service's own client heard the result too.
+        yield self.logs.wait_for("BackupPC reports the backup of laptop1 succeeded")
+
+    @inlineCallbacks
+    def test_refused(self):
+        """A host the server does not know: exit 2 with the refusal and advice."""
+        process = self.backup_now(self.laptop(register=False))
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 2, process.text)
+        self.assertIn("could not open the tunnel: unknown host", process.text)
+        self.assertIn("ask the BackupPC admin to add this host", process.text)
+
+    @inlineCallbacks
+    def test_not_started_in_time(self):
+        """BackupPC took the request but never connects: exit 3, saying so."""
+        down = self.server_down("laptop1")
+        process = self.backup_now(self.laptop(), "--start-timeout", "1")
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 3, process.text)
+        self.assertIn("BackupPC did not start the backup within 1 second", process.text)
+        yield down  # it closed the tunnel it carried
+
+    @inlineCallbacks
+    def test_unreachable_server(self):
+        config = self.laptop()
+        text = config.read_text().replace(self.server.url, f"wss://127.0.0.1:{self.free_port()}"
+                                                           f"/tunnel")
+        config.write_text(text)
+        process = self.backup_now(config)
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 2, process.text)
+        self.assertIn("cannot reach wss://127.0.0.1:", process.text)
+
+
+class DeclinedTests(BackupNowTestCase):
+    mesg_exit = 1
+    mesg_reply = "error: host $2 is disabled"
+
+    @inlineCallbacks
+    def test_declined(self):
+        """BackupPC does not take the request: exit 2 with its words."""
+        process = self.backup_now(self.laptop())
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 2, process.text)
+        self.assertIn("BackupPC did not take the request: error: host laptop1 is disabled",
+                      process.text)
