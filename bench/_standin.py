@@ -1,16 +1,17 @@
 """
-A stand-in for C{rsync --server --daemon} that moves raw bytes as fast as
-its stdin and stdout allow, so that the benchmarks measure the transport and
+A stand-in for C{rsync --daemon} run inetd-style that moves raw bytes as
+fast as its socket allows, so that the benchmarks measure the transport and
 not rsync.
 
-The bpctunnel client starts it as it would start rsync (its stdin and stdout
-are pipes); the ssh and direct baselines start it as inetd starts rsync (its
-stdin and stdout are the accepted socket).  Like rsync's daemon protocol, the
-connecting side (BackupPC's stand-in) speaks first, with one line:
+Its stdin is a socket used both ways, as inetd gives rsync's daemon one:
+the bpctunnel client starts it as it starts rsync (one end of a socket pair
+on fd 0), and the ssh and direct baselines start it on each accepted TCP
+socket.  Like rsync's daemon protocol, the connecting side (BackupPC's
+stand-in) speaks first, with one line:
 
-    send NBYTES      write NBYTES to stdout, then exit 0 (laptop -> server);
+    send NBYTES      write NBYTES to the socket, then exit 0 (laptop -> server);
                      NBYTES may be huge: a reader that goes away ends it.
-    receive NBYTES   read NBYTES from stdin, then write
+    receive NBYTES   read NBYTES from the socket, then write
                      "received NBYTES SECONDS\\n" and exit 0 (server -> laptop).
 
 Only the standard library: the client gives it a minimal environment.
@@ -23,13 +24,15 @@ import sys
 import time
 
 BUFFER = 1 << 20
+#: The socket, read and written (stdout is not it under bpctunnel).
+SOCKET = 0
 
 
 def read_command() -> tuple[str, int, bytes]:
     """The command line, and whatever bytes came after it in the same read."""
     data = b""
     while b"\n" not in data:
-        chunk = os.read(0, 65536)
+        chunk = os.read(SOCKET, 65536)
         if not chunk:
             raise SystemExit("stand-in: stdin ended before a command")
         data += chunk
@@ -43,7 +46,7 @@ def send(nbytes: int) -> None:
     left = nbytes
     try:
         while left:
-            left -= os.write(1, block[:min(left, BUFFER)])
+            left -= os.write(SOCKET, block[:min(left, BUFFER)])
     except (BrokenPipeError, ConnectionResetError):
         pass  # the reader stopped early (latency.py does so on purpose)
 
@@ -53,12 +56,12 @@ def receive(nbytes: int, already: bytes) -> None:
     got = len(already)
     buffer = bytearray(BUFFER)
     while got < nbytes:
-        n = os.readv(0, [buffer])
+        n = os.readv(SOCKET, [buffer])
         if not n:
             break
         got += n
     reply = f"received {got} {time.monotonic() - started:.3f}\n".encode()
-    os.write(1, reply)
+    os.write(SOCKET, reply)
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ from bpctunnel.retry import RetryPolicy, needs_admin
 from bpctunnel.rsync_bridge import RsyncLauncher
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
 from bpctunnel.tls import client_tls_options, client_tls_options_from
+from bpctunnel.websocket_fast import FastBinaryMixin
 
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]: (.*?)\"?\)?$")
 
@@ -89,7 +90,7 @@ def advice_for(refusal: str) -> str:
     return "see the server's log"
 
 
-class TunnelClientProtocol(WebSocketClientProtocol):
+class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
     """The client's side of one tunnel."""
 
     # Autobahn keeps its own (txaio) logger in self._log.
@@ -121,7 +122,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
         # Once the closing handshake has begun nothing more may be sent; the
         # multiplexer learns of the loss when the connection ends.
         if self.state == self.STATE_OPEN:
-            self.sendMessage(payload, isBinary=True)
+            self.send_binary(payload)
 
     def _control(self, body: dict) -> None:
         if body.get("type") == "backup-done":

@@ -56,6 +56,7 @@ from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.registry import TunnelRegistry
 from bpctunnel.tls import peer_certificate_der
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
+from bpctunnel.websocket_fast import FastBinaryMixin
 
 TUNNEL_PATH = "/tunnel"
 
@@ -94,7 +95,7 @@ class ServerSettings:
     handshake_timeout: float = attrs.field(default=30.0, validator=[instance_of(float), ge(0.1)])
 
 
-class TunnelServerProtocol(WebSocketServerProtocol):
+class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     """
     One client's tunnel.
 
@@ -264,7 +265,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         # Once the closing handshake has begun nothing more may be sent; the
         # multiplexer learns of the loss when the connection ends.
         if self.state == self.STATE_OPEN:
-            self.sendMessage(payload, isBinary=True)
+            self.send_binary(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         # Once the tunnel is closed (say, after a protocol error) messages

@@ -1,0 +1,111 @@
+"""Tests for bpctunnel.websocket_fast: the same bytes as Autobahn, less work."""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerFactory,
+    WebSocketServerProtocol)
+from autobahn.exception import Disconnected
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial import unittest
+
+from bpctunnel.timers import ReactorTimer
+from bpctunnel.websocket_fast import FastBinaryMixin, binary_frame_header
+
+
+class Server(FastBinaryMixin, WebSocketServerProtocol):
+    def onMessage(self, payload, isBinary):
+        self.factory.received.append((payload, isBinary))
+
+
+class Client(FastBinaryMixin, WebSocketClientProtocol):
+    def onMessage(self, payload, isBinary):
+        self.factory.received.append((payload, isBinary))
+
+
+def open_protocol(factory_class, protocol_class, **options):
+    """A protocol on a StringTransport, its opening handshake skipped."""
+    clock = MemoryReactorClock()
+    factory = factory_class("ws://localhost/", reactor=clock)
+    factory._batched_timer = ReactorTimer(clock)
+    factory.protocol = protocol_class
+    factory.received = []
+    factory.setProtocolOptions(openHandshakeTimeout=0, **options)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    # What Autobahn sets once the opening handshake succeeds.
+    protocol.state = protocol.STATE_OPEN
+    protocol.inside_message = False
+    protocol.current_frame = None
+    protocol.transport.clear()
+    return protocol
+
+
+class FrameHeaderTests(unittest.TestCase):
+    def test_lengths(self):
+        """Each length takes the shortest encoding RFC 6455 allows."""
+        self.assertEqual(binary_frame_header(0), b"\x82\x00")
+        self.assertEqual(binary_frame_header(125), b"\x82\x7d")
+        self.assertEqual(binary_frame_header(126), b"\x82\x7e\x00\x7e")
+        self.assertEqual(binary_frame_header(65535), b"\x82\x7e\xff\xff")
+        self.assertEqual(binary_frame_header(65536), b"\x82\x7f" + (65536).to_bytes(8, "big"))
+
+
+class FastBinaryMixinTests(unittest.TestCase):
+    def test_send_binary_as_autobahn(self):
+        """An unmasked binary message is the same bytes Autobahn's sendMessage writes."""
+        for size in (0, 5, 200, 70000):
+            payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            fast = open_protocol(WebSocketServerFactory, Server)
+            slow = open_protocol(WebSocketServerFactory, Server)
+            fast.send_binary(payload)
+            slow.sendMessage(payload, isBinary=True)
+            self.assertEqual(fast.transport.value(), slow.transport.value())
+
+    def test_masked_client_uses_autobahn(self):
+        """A client that masks its frames still does: the frame carries a mask."""
+        client = open_protocol(WebSocketClientFactory, Client, maskClientFrames=True)
+        client.send_binary(b"abc")
+        frame = client.transport.value()
+        self.assertEqual(frame[:2], b"\x82\x83")
+        self.assertEqual(len(frame), 2 + 4 + 3)
+
+    def test_unmasked_client(self):
+        """A client with masking off writes the plain frame."""
+        client = open_protocol(WebSocketClientFactory, Client, maskClientFrames=False)
+        client.send_binary(b"abc")
+        self.assertEqual(client.transport.value(), b"\x82\x03abc")
+
+    def test_not_open(self):
+        """Before the handshake is done it refuses to send, as sendMessage does."""
+        server = open_protocol(WebSocketServerFactory, Server)
+        server.state = server.STATE_CONNECTING
+        self.assertRaises(Disconnected, server.send_binary, b"abc")
+        self.assertEqual(server.transport.value(), b"")
+
+    def test_receive(self):
+        """Over a real handshake, masked and unmasked messages both ways arrive whole."""
+        clock = MemoryReactorClock()
+        factories = []
+        for factory_class, protocol_class, options in (
+                (WebSocketServerFactory, Server, {"requireMaskedClientFrames": False}),
+                (WebSocketClientFactory, Client, {"maskClientFrames": True})):
+            factory = factory_class("ws://localhost/", reactor=clock)
+            factory._batched_timer = ReactorTimer(clock)
+            factory.protocol = protocol_class
+            factory.received = []
+            factory.setProtocolOptions(openHandshakeTimeout=0, **options)
+            factories.append(factory)
+        server_factory, client_factory = factories
+        client, server, pump = connectedServerAndClient(
+            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None))
+        pump.flush()
+        self.assertEqual((server.state, client.state), (server.STATE_OPEN, client.STATE_OPEN))
+        client.send_binary(b"masked")
+        client.maskClientFrames = False
+        client.send_binary(b"y" * 70000)
+        server.send_binary(b"z" * 300)
+        pump.flush()
+        self.assertEqual(server_factory.received, [(b"masked", True), (b"y" * 70000, True)])
+        self.assertEqual(client_factory.received, [(b"z" * 300, True)])
