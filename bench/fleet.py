@@ -218,8 +218,11 @@ async def measure(args, work: Path, sandbox: Sandbox, server, wss_port: int, fle
     if late:
         report.figure("  of which", summarize(late, 0))
     report.target("server RSS per idle client", per_client / 1024, "<=", 64, " KiB", "{:.1f}")
+    # A restart's failed attempts are figures above, not errors: the clients
+    # find the server down or busy (--max-handshakes) and retry with backoff,
+    # as designed; what counts there is how soon all are back.
     report.target(f"{k} clients connect: refusals and errors",
-                  connect_failures + held_errors + len(late), "<=", 0, "", "{:d}")
+                  connect_failures + held_errors, "<=", 0, "", "{:d}")
     report.target("handshakes per second", rate, ">=", 200, "/s", "{:.0f}")
     report.target(f"all {k} reconnect after a restart", back - killed, "<=", 60, " s", "{:.1f}")
 

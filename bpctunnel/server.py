@@ -59,6 +59,8 @@ from bpctunnel.timers import ReactorTimer, cancel_close_timeout
 from bpctunnel.websocket_fast import FastBinaryMixin
 
 TUNNEL_PATH = "/tunnel"
+#: Seconds between log lines about connections dropped at a limit.
+DROP_LOG_INTERVAL = 10.0
 
 
 @attrs.frozen
@@ -80,6 +82,11 @@ class ServerSettings:
         they have authenticated.
     @ivar handshake_timeout: seconds a connection may take to finish its TLS
         and WebSocket handshakes.
+    @ivar max_handshakes: connections, from all addresses, that may be in
+        their handshakes at once; more are dropped at once and their clients
+        retry with backoff.  A fleet reconnecting after a server restart then
+        gets through at the server's full speed, instead of every handshake
+        slowing down until they all time out.
     """
 
     backuppc_conf: Path = attrs.field(converter=Path)
@@ -93,6 +100,7 @@ class ServerSettings:
     max_unauthenticated: int = attrs.field(default=16, validator=[instance_of(int), ge(1)])
     #: Seconds from TCP accept to a finished WebSocket opening handshake (TLS included).
     handshake_timeout: float = attrs.field(default=30.0, validator=[instance_of(float), ge(0.1)])
+    max_handshakes: int = attrs.field(default=128, validator=[instance_of(int), ge(1)])
 
 
 class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
@@ -134,11 +142,7 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
         self.peer_address = _peer_of(self.transport)
         self._down = Deferred()
         self._pings: dict[bytes, Deferred] = {}
-        if not self.factory.count_unauthenticated(self.peer_ip, +1):
-            self._log.warn("dropping a connection from {peer}: more than {limit} connections "
-                           "from {ip} have not authenticated yet", peer=self.peer_address,
-                           limit=self.factory.settings.max_unauthenticated, ip=self.peer_ip)
-            self.factory.count_unauthenticated(self.peer_ip, -1)
+        if not self.factory.admit(self.peer_ip, self.peer_address):
             self.transport.abortConnection()
             return
         self._unauthenticated = True
@@ -148,7 +152,7 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     def _authenticated(self) -> None:
         if self._unauthenticated:
             self._unauthenticated = False
-            self.factory.count_unauthenticated(self.peer_ip, -1)
+            self.factory.authenticated(self.peer_ip)
 
     def onConnect(self, request):
         # Behind a proxy speaking the PROXY protocol, the client's real
@@ -517,6 +521,9 @@ class TunnelServerFactory(WebSocketServerFactory):
         self._read_hosts = FileCache(read_hosts)
         self._read_config = FileCache(read_perl_config)
         self._unauthenticated: dict[str, int] = {}
+        self._handshaking = 0
+        self._drops = 0
+        self._last_drop_log: float | None = None
         self._checker = LoopingCall(self.check_tunnels)
         self._checker.clock = reactor
         self._batched_timer = ReactorTimer(reactor)
@@ -555,14 +562,44 @@ class TunnelServerFactory(WebSocketServerFactory):
                 self._log.failure("checking the tunnel of {client_name} failed",
                                   client_name=tunnel.host)
 
-    def count_unauthenticated(self, ip: str, delta: int) -> bool:
-        """Count connections from C{ip} not yet authenticated; False if over the limit."""
-        count = self._unauthenticated.get(ip, 0) + delta
+    def admit(self, ip: str, peer: str) -> bool:
+        """
+        Count a new connection from C{ip}, unless it is over a limit on
+        unauthenticated connections: then log why (at most every
+        L{DROP_LOG_INTERVAL} seconds) and return False.
+        """
+        settings = self.settings
+        if self._unauthenticated.get(ip, 0) >= settings.max_unauthenticated:
+            self._dropped(peer, f"more than {settings.max_unauthenticated} connections from "
+                                f"{ip} have not authenticated yet", "too many from one address")
+            return False
+        if self._handshaking >= settings.max_handshakes:
+            self._dropped(peer, f"{settings.max_handshakes} connections are in their handshakes "
+                                f"already (--max-handshakes); the client retries later", "busy")
+            return False
+        self._unauthenticated[ip] = self._unauthenticated.get(ip, 0) + 1
+        self._handshaking += 1
+        return True
+
+    def authenticated(self, ip: str) -> None:
+        """A connection L{admit}ted from C{ip} authenticated, or went away."""
+        self._handshaking -= 1
+        count = self._unauthenticated.get(ip, 0) - 1
         if count <= 0:
             self._unauthenticated.pop(ip, None)
         else:
             self._unauthenticated[ip] = count
-        return count <= self.settings.max_unauthenticated
+
+    def _dropped(self, peer: str, why: str, label: str) -> None:
+        self.metrics.refusals.labels(label).inc()
+        self._drops += 1
+        now = self.reactor.seconds()
+        if self._last_drop_log is None or now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            more = f" ({self._drops - 1} more dropped since the last such line)" \
+                if self._drops > 1 else ""
+            self._log.warn("dropping a connection from {peer}: {why}{more}", peer=peer, why=why,
+                           more=more)
+            self._last_drop_log, self._drops = now, 0
 
     def notify(self, event: str, tunnel: TunnelServerProtocol) -> None:
         for observer in list(self.observers):

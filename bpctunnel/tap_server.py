@@ -62,6 +62,8 @@ class Options(usage.Options):
         ["max-channels", None, 16, "Connections one client may carry at once.", int],
         ["handshake-timeout", None, 30.0, "Seconds a client may take for its TLS and WebSocket "
                                           "handshakes.", float],
+        ["max-handshakes", None, 128, "Connections that may be in their handshakes at once; "
+                                      "more are dropped and retry later.", int],
         ["backuppc-server-mesg", None, DEFAULT_SERVER_MESG,
          "Command for BackupPC_serverMesg (may start with 'sudo -u backuppc')."],
         ["backup-user", None, "bpctunnel", "User name BackupPC records for backups we request."],
@@ -84,7 +86,8 @@ class Options(usage.Options):
                 backuppc_conf=conf, keepalive=self["keepalive"], idle_timeout=self["idle-timeout"],
                 max_connection_time=self["max-connection-time"],
                 probe_timeout=self["probe-timeout"], max_channels=self["max-channels"],
-                handshake_timeout=self["handshake-timeout"])
+                handshake_timeout=self["handshake-timeout"],
+                max_handshakes=self["max-handshakes"])
             self["api_token"] = api_token(self["api-listen"], self["api-token-file"])
             self["backup_request"] = BackupRequest.from_command_line(
                 self["backuppc-server-mesg"], self["backup-user"], self["backup-type"])

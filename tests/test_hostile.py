@@ -17,12 +17,14 @@ import struct
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import globalLogPublisher
+
+from prometheus_client import generate_latest
 
 from bpctunnel import framing
 from bpctunnel.sandbox import free_port, make_sample_tree
@@ -491,3 +493,34 @@ class HostileInputTests(TunnelTestCase):
         ups = [event for event in self.server_events if event == ("up", "fuzzer")]
         self.assertGreaterEqual(len(ups), closures)
         yield self.assert_still_serving()
+
+
+class HandshakeLimitTests(TunnelTestCase):
+    """
+    --max-handshakes: connections beyond it are dropped at once, the log says
+    why once (not once per connection), and the client gets in on a retry.
+    """
+
+    server_settings = {"max_handshakes": 2}
+
+    @inlineCallbacks
+    def test_busy_server_drops_then_admits(self):
+        port = self.server.port.getHost().port
+        # Two connections that never start TLS hold both handshake places.
+        holders = yield gatherResults([tcp_connect(port), tcp_connect(port)])
+        dropped = self.logs.wait_for("connections are in their handshakes already")
+        client, _, _ = self.add_client("laptop1", {"m": self.root}, retry_initial=0.2,
+                                       retry_max=1.0)
+        closed = client.events.next("closed")  # before the reactor runs the connection
+        line = yield dropped
+        self.assertIn("2 connections are in their handshakes already (--max-handshakes)", line)
+        yield closed.addTimeout(TIMEOUT, reactor)
+        yield client.events.next("closed").addTimeout(TIMEOUT, reactor)  # retried, dropped again
+        self.assertEqual(len(self.logs.matching("in their handshakes already")), 1)
+        self.assertIsNone(client.factory.current)
+        for holder in holders:
+            holder.transport.loseConnection()
+        yield client.events.next("open").addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self.server_events, [("up", "laptop1")])
+        metrics = generate_latest(self.server.factory.metrics.registry).decode()
+        self.assertRegex(metrics, r'bpctunnel_refusals_total\{reason="busy"\} [2-9]')
