@@ -56,7 +56,7 @@ from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.registry import TunnelRegistry
 from bpctunnel.tls import peer_certificate_der
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
-from bpctunnel.websocket_fast import FastBinaryMixin
+from bpctunnel.websocket_fast import FastBinaryMixin, forget_handshake
 
 TUNNEL_PATH = "/tunnel"
 #: Seconds between log lines about connections dropped at a limit.
@@ -100,7 +100,7 @@ class ServerSettings:
     max_unauthenticated: int = attrs.field(default=16, validator=[instance_of(int), ge(1)])
     #: Seconds from TCP accept to a finished WebSocket opening handshake (TLS included).
     handshake_timeout: float = attrs.field(default=30.0, validator=[instance_of(float), ge(0.1)])
-    max_handshakes: int = attrs.field(default=128, validator=[instance_of(int), ge(1)])
+    max_handshakes: int = attrs.field(default=1024, validator=[instance_of(int), ge(1)])
 
 
 class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
@@ -250,6 +250,7 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._authenticated()
+        forget_handshake(self)
         self.connected_at = self.factory.reactor.seconds()
         self.factory.metrics.handshakes.inc()
         self.registerProducer(self.mux, True)

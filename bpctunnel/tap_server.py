@@ -62,7 +62,7 @@ class Options(usage.Options):
         ["max-channels", None, 16, "Connections one client may carry at once.", int],
         ["handshake-timeout", None, 30.0, "Seconds a client may take for its TLS and WebSocket "
                                           "handshakes.", float],
-        ["max-handshakes", None, 128, "Connections that may be in their handshakes at once; "
+        ["max-handshakes", None, 1024, "Connections that may be in their handshakes at once; "
                                       "more are dropped and retry later.", int],
         ["backuppc-server-mesg", None, DEFAULT_SERVER_MESG,
          "Command for BackupPC_serverMesg (may start with 'sudo -u backuppc')."],

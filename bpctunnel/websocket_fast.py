@@ -7,7 +7,8 @@ Deferred-based "message" event for every message received.  In a bulk
 transfer those cost a third of the server's CPU (issue 8).  L{FastBinaryMixin}
 skips them, and sends unmasked binary messages as one frame written straight
 to the transport; anything else (masked or compressed frames, control frames,
-the handshakes) still goes through Autobahn.
+the handshakes) still goes through Autobahn.  L{forget_handshake} frees
+what Autobahn keeps of the opening handshake once the tunnel is open.
 """
 
 from __future__ import annotations
@@ -52,3 +53,18 @@ class FastBinaryMixin:
             self.sendMessage(payload, isBinary=True)
             return
         self.transport.write(binary_frame_header(len(payload)) + payload)
+
+
+def forget_handshake(protocol) -> None:
+    """
+    Drop what Autobahn keeps of a finished opening handshake: the raw HTTP
+    request and response, the parsed headers, and the peer certificate as a
+    dict (about 5 KiB per connection, for nothing once the tunnel is open:
+    the server keeps the few facts it needs itself).
+    """
+    protocol.http_request_data = b""
+    protocol.http_response_data = b""
+    protocol.http_headers = {}
+    details = getattr(protocol, "_transport_details", None)
+    if details is not None and getattr(details, "_peer_cert", None) is not None:
+        details._peer_cert = None

@@ -149,6 +149,20 @@ class TransferTests(TunnelTestCase):
                          ["documents", "photos"])
 
 
+class IdleTunnelMemoryTests(TunnelTestCase):
+    """An open tunnel does not keep its opening handshake (issue 8: memory per client)."""
+
+    @inlineCallbacks
+    def test_handshake_forgotten_tunnel_works(self):
+        source = make_sample_tree(self.root / "src")
+        _, port, _ = yield self.connected_client("laptop1", {"m": source})
+        tunnel = self.server.factory.registry.get("laptop1")
+        self.assertEqual((tunnel.http_request_data, tunnel.http_headers), (b"", {}))
+        self.assertIsNone(tunnel._transport_details._peer_cert)
+        self.assertIsNotNone(tunnel.certificate_expires)  # what the status API shows
+        yield self.pull_and_compare(port, "m", source)
+
+
 class RefusalTests(TunnelTestCase):
     """Acceptance 2: each refusal reads the same on the client and in the server log."""
 
