@@ -10,6 +10,8 @@ keeps every other byte of them.
 from __future__ import annotations
 
 import configparser
+import shutil
+import sys
 from pathlib import Path
 
 import attrs
@@ -22,9 +24,8 @@ from bpctunnel.backuppc import (
     find_host_config,
     parse_hosts,
     read_config_text,
-    read_hosts,
 )
-from bpctunnel.errors import BpcTunnelError, CertificateError, ConfigError
+from bpctunnel.errors import BpcTunnelError, ConfigError
 from bpctunnel.perlconf import parse_perl_config
 
 DEFAULT_CERTS = Path("/etc/bpctunnel")
@@ -37,6 +38,14 @@ RENEW_WITHIN_DAYS = 30
 #: BackupPC's rsyncd transfer refuses an empty RsyncdPasswd even when the
 #: daemon asks for none; the tunnel's TLS does the authentication.
 RSYNCD_PASSWD_PLACEHOLDER = "unused-bpctunnel-authenticates-with-tls"
+
+
+def bpctunnel_path() -> str:
+    """This C{bpctunnel} command's path, for commands BackupPC runs (PingCmd)."""
+    script = Path(sys.argv[0])
+    if script.name == "bpctunnel" and script.is_file():
+        return str(script.absolute())
+    return shutil.which("bpctunnel") or "/usr/bin/bpctunnel"
 
 
 class AdminError(BpcTunnelError):
@@ -244,8 +253,13 @@ def _reusable_cert(paths: Paths, ca: pki.CertAndKey, host: str, bundle: Path,
 def register_client(paths: Paths, host: str, *, port: int | None = None, shares=(),
                     add_host: bool = False, csr: Path | None = None, out: Path | None = None,
                     days: int = 825, port_range=DEFAULT_PORT_RANGE, user: str = "backuppc",
-                    url: str | None = None, renew: bool = False) -> Registration:
-    """Issue (or reuse) a client certificate and write the host's tunnel settings."""
+                    url: str | None = None, renew: bool = False,
+                    bpctunnel: str | None = None) -> Registration:
+    """
+    Issue (or reuse) a client certificate and write the host's tunnel
+    settings; C{bpctunnel} is the command BackupPC's C{PingCmd} runs (by
+    default this command's own path), written unless the host has a PingCmd.
+    """
     host = checked_host(host)
     ca = _load_ca(paths)
     url = url or server_url(paths)
@@ -296,6 +310,11 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
     if shares:
         edits.append(lambda t: confedit.set_setting(t, "RsyncShareName", list(shares),
                                                     str(config_path)))
+    if not (config and config.get("PingCmd")):
+        # BackupPC's $host in PingCmd is the ClientNameAlias, 127.0.0.1: the
+        # command must name the host itself.
+        ping = f"{bpctunnel or bpctunnel_path()} ping {host}"
+        edits.append(lambda t: confedit.set_setting(t, "PingCmd", ping, str(config_path)))
     if edit_host_config(config_path, edits):
         messages.append(f"updated {config_path}: TunnelCert:sha256:{fingerprint[:16]}..., "
                         f"RsyncdClientPort {port}")

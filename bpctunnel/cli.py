@@ -105,7 +105,8 @@ class RegisterOptions(_Paths):
     longdesc = ("Issues a client certificate (CN = HOST) and writes HOST's tunnel settings into "
                 "its BackupPC host config (TunnelCert in ClientComment, XferMethod rsyncd, "
                 "ClientNameAlias 127.0.0.1, RsyncdClientPort, a RsyncdPasswd placeholder, "
-                "RsyncShareName), keeping every other line.  Writes a client bundle: HOST.conf, "
+                "RsyncShareName, and a PingCmd 'bpctunnel ping HOST' unless it has one), "
+                "keeping every other line.  Writes a client bundle: HOST.conf, "
                 "ca.crt, HOST.crt, HOST.key (unless --csr) and an rsyncd.conf template.  "
                 "Running it again with a bundle that is still good changes nothing.")
     optParameters = [
@@ -117,6 +118,8 @@ class RegisterOptions(_Paths):
         ["days", "d", 825, "Validity of the certificate in days.", _positive],
         ["user", None, "backuppc", "Owner written to the hosts file with --add-host."],
         ["server-url", "u", None, "URL for the bundle (default: from server.conf)."],
+        ["bpctunnel", None, None, "This command's path as BackupPC's PingCmd runs it "
+                                  "(default: the path it was run by)."],
     ]
     optFlags = [["add-host", None, "Add HOST to BackupPC's hosts file if missing."]]
 
@@ -266,7 +269,7 @@ class Options(usage.Options):
 def _register_kwargs(o) -> dict:
     return dict(port=o["port"], shares=tuple(o["share"]), csr=Path(o["csr"]) if o["csr"] else None,
                 out=Path(o["out"]) if o["out"] else None, days=o["days"],
-                port_range=o["port_range"], url=o["server-url"])
+                port_range=o["port_range"], url=o["server-url"], bpctunnel=o["bpctunnel"])
 
 
 def _live_tunnel_note(o) -> str:

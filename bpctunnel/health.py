@@ -133,6 +133,11 @@ def inspect_hosts(paths: Paths) -> list[HostReport]:
             problems.append(Problem(host, f"$Conf{{RsyncdPasswd}} is empty in {path.name}: "
                                           f"BackupPC 4 refuses to start an rsyncd backup without "
                                           f"one; set any placeholder (it is not used)"))
+        ping = " ".join(p for p in _as_list(config.get("PingCmd")) if isinstance(p, str))
+        if "bpctunnel" in ping and "$host" in ping:
+            problems.append(Problem(host, f"$Conf{{PingCmd}} in {path.name} passes $host, which "
+                                          f"BackupPC sets to the ClientNameAlias 127.0.0.1: "
+                                          f"name the host instead (bpctunnel ping {host})"))
         shares = tuple(s for s in _as_list(config.get("RsyncShareName")) if isinstance(s, str))
         reports.append(HostReport(host, path, str(port), tuple(sorted(fingerprints)), expires,
                                   shares, tuple(problems)))

@@ -77,7 +77,17 @@ class RegisterTests(SynchronousTestCase):
     def register(self, host, **kwargs):
         kwargs.setdefault("out", self.out / host)
         kwargs.setdefault("add_host", True)
+        kwargs.setdefault("bpctunnel", "/opt/bpctunnel/bin/bpctunnel")
         return admin.register_client(self.paths, host, **kwargs)
+
+    def test_own_ping_cmd_kept(self):
+        """A host that has a PingCmd of its own keeps it; one without gets ours."""
+        self.paths.conf.joinpath("laptop1.pl").write_text(
+            "$Conf{PingCmd} = '/usr/local/bin/my-ping $host';\n")
+        result = self.register("laptop1")
+        self.assertEqual(read_perl_config(result.config_path).get("PingCmd"),
+                         "/usr/local/bin/my-ping $host")
+        self.assertEqual(admin.bpctunnel_path().rsplit("/", 1)[-1], "bpctunnel")
 
     def test_settings_written(self):
         result = self.register("laptop1", shares=("docs", "My Music"))
@@ -88,6 +98,7 @@ class RegisterTests(SynchronousTestCase):
         self.assertEqual(config.get("RsyncShareName"), ["docs", "My Music"])
         self.assertEqual(config.get("RsyncdPasswd"), admin.RSYNCD_PASSWD_PLACEHOLDER)
         self.assertEqual(config.get("ClientComment"), f"TunnelCert:sha256:{result.fingerprint}")
+        self.assertEqual(config.get("PingCmd"), "/opt/bpctunnel/bin/bpctunnel ping laptop1")
         self.assertIn("laptop1", read_hosts(self.paths.hosts))
         cert = pki.load_cert(result.bundle / "laptop1.crt")
         self.assertEqual(pki.fingerprint_sha256(cert), result.fingerprint)
@@ -244,6 +255,13 @@ class CheckTests(SynchronousTestCase):
         pki.write_public(self.paths.issued_cert("laptop1"), short.cert_pem)
         self.replace(self.result.fingerprint, pki.fingerprint_sha256(short.cert_pem))
         self.assertProblem("the certificate of laptop1 expires in 9 days")
+
+    def test_ping_cmd_with_host_variable(self):
+        self.config.write_text(self.config.read_text().replace(
+            "ping laptop1'", "ping $host'"))
+        self.assertProblem("$Conf{PingCmd} in laptop1.pl passes $host, which BackupPC sets to "
+                           "the ClientNameAlias 127.0.0.1: name the host instead (bpctunnel "
+                           "ping laptop1)")
 
     def test_unneeded_rsync_user(self):
         self.config.write_text(self.config.read_text() + "$Conf{RsyncdUserName} = 'backup';\n")
