@@ -5,10 +5,11 @@ Autobahn's Twisted protocol formats a debug log line (with terminal colours)
 for every read and every write even when debug logging is off, and fires a
 Deferred-based "message" event for every message received.  In a bulk
 transfer those cost a third of the server's CPU (issue 8).  L{FastBinaryMixin}
-skips them, and sends unmasked binary messages as one frame written straight
-to the transport; anything else (masked or compressed frames, control frames,
-the handshakes) still goes through Autobahn.  L{forget_handshake} frees
-what Autobahn keeps of the opening handshake once the tunnel is open.
+skips them, sends unmasked binary messages as one frame written straight to
+the transport, and parses such frames itself when they arrive; anything else
+(masked or compressed frames, control frames, the handshakes, closing) still
+goes through Autobahn.  L{forget_handshake} frees what Autobahn keeps of the
+opening handshake once the tunnel is open.
 """
 
 from __future__ import annotations
@@ -35,9 +36,81 @@ class FastBinaryMixin:
     subclass (before it): the same behaviour, less work per message.
     """
 
+    #: Received bytes of an incomplete binary frame, and how many the frame needs.
+    _rx_chunks: list | None = None
+    _rx_length = 0
+    _rx_needed = 0
+
     def dataReceived(self, data: bytes) -> None:
         # As Autobahn's, without its per-read debug line.
         self._dataReceived(data)
+
+    def _dataReceived(self, data: bytes) -> None:
+        # Final, unmasked binary frames -- all the tunnel sends -- are parsed
+        # here; anything else (control frames, text, fragments, masked or
+        # oversized frames, the handshakes, closing) is Autobahn's to handle,
+        # from the first byte of such a frame on, until it is done with it.
+        if (self.state != self.STATE_OPEN or self.current_frame is not None
+                or self.inside_message or self.data):
+            super()._dataReceived(data)
+            return
+        if self._rx_chunks:
+            self._rx_chunks.append(data)
+            self._rx_length += len(data)
+            if self._rx_length < self._rx_needed:
+                return
+            data = b"".join(self._rx_chunks)
+            self._rx_chunks, self._rx_length = None, 0
+        rest = self._binary_frames(data)
+        if rest is not None:
+            self.data = rest
+            self.consumeData()
+
+    def _binary_frames(self, data: bytes) -> bytes | None:
+        """
+        Deliver the complete binary frames at the start of C{data}; keep an
+        incomplete one for later; return what Autobahn must parse, if any.
+        """
+        view, pos, end = memoryview(data), 0, len(data)
+        limit = self.maxFramePayloadSize
+        while pos < end:
+            if end - pos < 2:
+                return self._keep(data, pos, 2)
+            first, second = data[pos], data[pos + 1]
+            if first != _FIN_BINARY or second & 0x80:
+                return data[pos:]
+            length, header = second, 2
+            if length == 126:
+                if end - pos < 4:
+                    return self._keep(data, pos, 4)
+                length, header = _HEADER_16.unpack_from(data, pos)[2], 4
+                if length < 126:
+                    return data[pos:]
+            elif length == 127:
+                if end - pos < 10:
+                    return self._keep(data, pos, 10)
+                length, header = _HEADER_64.unpack_from(data, pos)[2], 10
+                if length < 0x10000:
+                    return data[pos:]
+            if 0 < limit < length:
+                return data[pos:]
+            if end - pos < header + length:
+                return self._keep(data, pos, header + length)
+            payload = bytes(view[pos + header:pos + header + length])
+            pos += header + length
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                # Traffic shows the peer is alive, as Autobahn's own parser says.
+                self._cancelAutoPingTimeoutCall()
+            self._onMessage(payload, True)
+            if self.state != self.STATE_OPEN:
+                return data[pos:] or None
+        return None
+
+    def _keep(self, data: bytes, pos: int, needed: int) -> None:
+        self._rx_chunks = [data[pos:]]
+        self._rx_length = len(data) - pos
+        self._rx_needed = needed
+        return None
 
     def onMessageEnd(self) -> None:
         # As Autobahn's, without firing its "message" event (nothing of ours

@@ -109,3 +109,76 @@ class FastBinaryMixinTests(unittest.TestCase):
         pump.flush()
         self.assertEqual(server_factory.received, [(b"masked", True), (b"y" * 70000, True)])
         self.assertEqual(client_factory.received, [(b"z" * 300, True)])
+
+
+def frame(payload: bytes) -> bytes:
+    return binary_frame_header(len(payload)) + payload
+
+
+class FastReceiveTests(unittest.TestCase):
+    """Binary frames parsed by the mixin arrive as Autobahn would deliver them."""
+
+    def server(self, **options):
+        """A server protocol after a real opening handshake; feed it raw frames."""
+        clock = MemoryReactorClock()
+        server_factory = WebSocketServerFactory("ws://localhost/", reactor=clock)
+        client_factory = WebSocketClientFactory("ws://localhost/", reactor=clock)
+        for factory, protocol in ((server_factory, Server), (client_factory, Client)):
+            factory._batched_timer = ReactorTimer(clock)
+            factory.protocol = protocol
+            factory.received = []
+        server_factory.setProtocolOptions(openHandshakeTimeout=0,
+                                          requireMaskedClientFrames=False, **options)
+        client_factory.setProtocolOptions(openHandshakeTimeout=0)
+        client, server, self.pump = connectedServerAndClient(
+            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None))
+        self.pump.flush()
+        self.assertEqual(server.state, server.STATE_OPEN)
+        self.client = client
+        return server
+
+    def test_any_split(self):
+        """Frames of every length encoding, cut at every byte or all in one read."""
+        payloads = [b"", b"a" * 125, b"b" * 126, b"c" * 65535, b"d" * 65536,
+                    bytes(range(256)) * 300]
+        wire = b"".join(frame(p) for p in payloads)
+        for size in (1, 7, 16384, len(wire)):
+            server = self.server()
+            server.processData = lambda: self.fail("Autobahn parsed a plain binary frame")
+            for start in range(0, len(wire), size):
+                server.dataReceived(wire[start:start + size])
+            self.assertEqual(server.factory.received, [(p, True) for p in payloads], size)
+
+    def test_control_frame_between(self):
+        """A ping between binary frames goes to Autobahn (which answers it); order is kept."""
+        server = self.server()
+        pongs = []
+        self.client.onPong = pongs.append
+        ping = bytes((0x89, 0x80 | 4)) + b"\0\0\0\0" + b"ping"  # masked, as clients send
+        server.dataReceived(frame(b"one") + ping + frame(b"two"))
+        server.dataReceived(frame(b"three"))
+        self.assertEqual([p for p, _ in server.factory.received], [b"one", b"two", b"three"])
+        self.pump.flush()
+        self.assertEqual(pongs, [b"ping"])
+
+    def test_masked_frame(self):
+        """A masked frame (an older client) is unmasked by Autobahn."""
+        server = self.server()
+        mask = b"\x01\x02\x03\x04"
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(b"secret"))
+        server.dataReceived(bytes((0x82, 0x80 | 6)) + mask + body + frame(b"plain"))
+        self.assertEqual(server.factory.received, [(b"secret", True), (b"plain", True)])
+
+    def test_oversized_frame_fails(self):
+        """A frame over maxFramePayloadSize fails the connection, as Autobahn does."""
+        server = self.server(maxFramePayloadSize=1000)
+        server.dataReceived(frame(b"x" * 1001))
+        self.assertEqual(server.factory.received, [])
+        self.assertNotEqual(server.state, server.STATE_OPEN)
+
+    def test_non_minimal_length_fails(self):
+        """A 16-bit length that fits in 7 bits is a protocol violation."""
+        server = self.server()
+        server.dataReceived(b"\x82\x7e\x00\x05hello")
+        self.assertEqual(server.factory.received, [])
+        self.assertNotEqual(server.state, server.STATE_OPEN)
