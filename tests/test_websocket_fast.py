@@ -86,29 +86,36 @@ class FastBinaryMixinTests(unittest.TestCase):
 
     def test_receive(self):
         """Over a real handshake, masked and unmasked messages both ways arrive whole."""
-        clock = MemoryReactorClock()
-        factories = []
-        for factory_class, protocol_class, options in (
-                (WebSocketServerFactory, Server, {"requireMaskedClientFrames": False}),
-                (WebSocketClientFactory, Client, {"maskClientFrames": True})):
-            factory = factory_class("ws://localhost/", reactor=clock)
-            factory._batched_timer = ReactorTimer(clock)
-            factory.protocol = protocol_class
-            factory.received = []
-            factory.setProtocolOptions(openHandshakeTimeout=0, **options)
-            factories.append(factory)
-        server_factory, client_factory = factories
-        client, server, pump = connectedServerAndClient(
-            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None))
-        pump.flush()
-        self.assertEqual((server.state, client.state), (server.STATE_OPEN, client.STATE_OPEN))
+        client, server, pump = handshaken({"requireMaskedClientFrames": False},
+                                          {"maskClientFrames": True})
         client.send_binary(b"masked")
         client.maskClientFrames = False
         client.send_binary(b"y" * 70000)
         server.send_binary(b"z" * 300)
         pump.flush()
-        self.assertEqual(server_factory.received, [(b"masked", True), (b"y" * 70000, True)])
-        self.assertEqual(client_factory.received, [(b"z" * 300, True)])
+        self.assertEqual(server.factory.received, [(b"masked", True), (b"y" * 70000, True)])
+        self.assertEqual(client.factory.received, [(b"z" * 300, True)])
+
+
+def handshaken(server_options: dict, client_options: dict):
+    """A server and a client after a real opening handshake, and their iosim pump."""
+    clock = MemoryReactorClock()
+    factories = []
+    for factory_class, protocol_class, options in (
+            (WebSocketServerFactory, Server, server_options),
+            (WebSocketClientFactory, Client, client_options)):
+        factory = factory_class("ws://localhost/", reactor=clock)
+        factory._batched_timer = ReactorTimer(clock)
+        factory.protocol = protocol_class
+        factory.received = []
+        factory.setProtocolOptions(openHandshakeTimeout=0, **options)
+        factories.append(factory)
+    server_factory, client_factory = factories
+    client, server, pump = connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None))
+    pump.flush()
+    assert (server.state, client.state) == (server.STATE_OPEN, client.STATE_OPEN)
+    return client, server, pump
 
 
 def frame(payload: bytes) -> bytes:
@@ -120,21 +127,8 @@ class FastReceiveTests(unittest.TestCase):
 
     def server(self, **options):
         """A server protocol after a real opening handshake; feed it raw frames."""
-        clock = MemoryReactorClock()
-        server_factory = WebSocketServerFactory("ws://localhost/", reactor=clock)
-        client_factory = WebSocketClientFactory("ws://localhost/", reactor=clock)
-        for factory, protocol in ((server_factory, Server), (client_factory, Client)):
-            factory._batched_timer = ReactorTimer(clock)
-            factory.protocol = protocol
-            factory.received = []
-        server_factory.setProtocolOptions(openHandshakeTimeout=0,
-                                          requireMaskedClientFrames=False, **options)
-        client_factory.setProtocolOptions(openHandshakeTimeout=0)
-        client, server, self.pump = connectedServerAndClient(
-            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None))
-        self.pump.flush()
-        self.assertEqual(server.state, server.STATE_OPEN)
-        self.client = client
+        self.client, server, self.pump = handshaken(
+            {"requireMaskedClientFrames": False, **options}, {})
         return server
 
     def test_any_split(self):
