@@ -10,7 +10,7 @@ from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.internet import ClientService
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
 from bpctunnel import framing
@@ -22,6 +22,7 @@ from bpctunnel.retry import RetryPolicy, needs_admin
 from bpctunnel.rsync_bridge import RsyncLauncher
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
 from bpctunnel.tls import client_tls_options, client_tls_options_from
+from bpctunnel.tls_bulk import wrap_client_tls
 from bpctunnel.websocket_fast import FastBinaryMixin
 
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]: (.*?)\"?\)?$")
@@ -106,7 +107,8 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         self.mux = Multiplexer(
-            self._send_message,
+            self.send_while_open,
+            send_pieces=self.send_pieces_while_open,
             is_server=False,
             accept_channel=self.factory.accept_channel,
             on_control=self._control,
@@ -117,12 +119,6 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
         self.factory.retry_policy.tunnel_opened()
         self._log.info("tunnel up to {url}", url=self.factory.config.server)
         self.factory.tunnel_opened(self)
-
-    def _send_message(self, payload: bytes) -> None:
-        # Once the closing handshake has begun nothing more may be sent; the
-        # multiplexer learns of the loss when the connection ends.
-        if self.state == self.STATE_OPEN:
-            self.send_binary(payload)
 
     def _control(self, body: dict) -> None:
         if body.get("type") == "backup-done":
@@ -276,7 +272,7 @@ def client_endpoint(reactor, config: ClientConfig, tls=None):
             HostnameEndpoint(reactor, config.proxy.host, config.proxy.port),
             config.server_host, config.server_port, config.proxy.authorization,
             clock=reactor, proxy_url=config.proxy.url)
-    return wrapClientTLS(tls, tcp)
+    return wrap_client_tls(tls, tcp, reactor)
 
 
 class TunnelClientService(ClientService):

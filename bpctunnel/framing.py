@@ -154,6 +154,11 @@ def _json_bytes(value: dict) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def data_header(channel_id: int) -> bytes:
+    """The bytes that come before the payload in a DATA message (see L{encode})."""
+    return _CHANNEL.pack(DATA, channel_id)
+
+
 def encode(message: Message) -> bytes:
     """Encode one message as the payload of one binary WebSocket message."""
     match message:
@@ -205,7 +210,8 @@ def _exactly(data: bytes, size: int, name: str) -> None:
 
 def decode(data: bytes) -> Message:
     """
-    Decode the payload of one binary WebSocket message.
+    Decode the payload of one binary WebSocket message (C{bytes}, or a
+    C{memoryview} of them: a DATA payload is copied out of it once).
 
     @raise UnknownMessageType: for a type byte this version does not know
         (a newer peer's message, which the caller may ignore).
@@ -217,6 +223,7 @@ def decode(data: bytes) -> Message:
     if kind == DATA:
         _need(data, 5, "DATA")
         return Data(_CHANNEL.unpack_from(data)[1], bytes(data[5:]))
+    data = bytes(data)
     if kind == CREDIT:
         _exactly(data, 9, "CREDIT")
         _, cid, inc = _CHANNEL_U32.unpack(data)

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from bpctunnel.greeting import ModuleSniffer
-from bpctunnel.mux import ILocalEnd
+from bpctunnel.mux import LOCAL_READ_SIZE, ILocalEnd
 
 
 @implementer(ILocalEnd, IHalfCloseableProtocol)
@@ -38,6 +38,7 @@ class LocalConnectionProtocol(Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
+        self.transport.bufferSize = LOCAL_READ_SIZE
         self.channel = self.tunnel.mux.open_channel({"peer": f"{peer.host}:{peer.port}"})
         self.channel.attach(self)
         self.transport.registerProducer(self.channel, True)

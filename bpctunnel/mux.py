@@ -20,7 +20,7 @@ the TLS buffers fill it pauses every local source.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -31,8 +31,16 @@ from bpctunnel.errors import ProtocolError
 
 #: Bytes a receiver lets the sender have in flight on one channel.
 DEFAULT_WINDOW = 1024 * 1024
-#: Largest DATA payload we send.
-MAX_DATA = 64 * 1024
+#: Largest DATA payload we send.  Peers accept WebSocket messages of up to
+#: 1 MiB (and never more than the credit they gave), so this may grow without
+#: a protocol change; a quarter of the window keeps data flowing while
+#: credit comes back.
+MAX_DATA = 256 * 1024
+#: How much a local end (rsync's socket, BackupPC's connection) reads at a
+#: time: one read fills one DATA message.  Per read the tunnel does a fixed
+#: amount of Python work, so fewer, bigger reads cost less CPU per byte
+#: (issue 8: 64 -> 256 KiB took about 15% off both ends).
+LOCAL_READ_SIZE = MAX_DATA
 #: Channels one tunnel may carry at once.
 DEFAULT_MAX_CHANNELS = 64
 
@@ -261,7 +269,7 @@ class Channel:
             self._credit -= size
             self.bytes_out += size
             self.mux.bytes_out += size
-            send(framing.Data(self.channel_id, chunk))
+            self.mux.send_data(self.channel_id, chunk)
         if not self._pending and self._close_wanted is not None and (
             self._close_wanted[0] == framing.CLOSE_ERROR or not self.accepted
         ):
@@ -325,6 +333,7 @@ class Multiplexer:
         send_bytes: Callable[[bytes], None],
         *,
         is_server: bool,
+        send_pieces: Callable[[Sequence[bytes]], None] | None = None,
         accept_channel: Callable[[Channel], None] | None = None,
         on_control: Callable[[dict], None] | None = None,
         on_pong: Callable[[bytes], None] | None = None,
@@ -335,6 +344,7 @@ class Multiplexer:
     ):
         self.seconds = clock.seconds if clock is not None else (lambda: 0.0)
         self._send_bytes = send_bytes
+        self._send_pieces = send_pieces
         self._accept_channel = accept_channel
         self._on_control = on_control
         self._on_pong = on_pong
@@ -355,6 +365,18 @@ class Multiplexer:
         """Encode and send one message, unless the tunnel is gone."""
         if not self.lost:
             self._send_bytes(framing.encode(message))
+
+    def send_data(self, channel_id: int, payload: bytes) -> None:
+        """
+        Send one DATA message; with C{send_pieces}, its header and payload go
+        down as they are, without being joined first.
+        """
+        if self.lost:
+            return
+        if self._send_pieces is None:
+            self._send_bytes(framing.data_header(channel_id) + payload)
+        else:
+            self._send_pieces((framing.data_header(channel_id), payload))
 
     def open_channel(self, metadata: dict | None = None) -> Channel:
         """Open a channel to the peer; it carries data once the peer accepts."""

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from bpctunnel.greeting import ModuleSniffer
-from bpctunnel.mux import Channel, ILocalEnd
+from bpctunnel.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
 
 #: Seconds rsync may keep running after BackupPC has gone away.
 KILL_GRACE = 10.0
@@ -109,6 +109,7 @@ class RsyncProcessProtocol(ProcessProtocol):
     def socket_connected(self, transport) -> None:
         """Our end of the socket pair is in the reactor: the channel can start."""
         self.socket = transport
+        transport.bufferSize = LOCAL_READ_SIZE
         self.channel.attach(self)
         transport.registerProducer(self.channel, True)
 

@@ -27,13 +27,12 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.haproxy import proxyEndpoint
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from bpctunnel import framing
@@ -56,6 +55,7 @@ from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.registry import TunnelRegistry
 from bpctunnel.tls import peer_certificate_der
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
+from bpctunnel.tls_bulk import wrap_server_tls
 from bpctunnel.websocket_fast import FastBinaryMixin, forget_handshake
 
 TUNNEL_PATH = "/tunnel"
@@ -210,7 +210,8 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
         self._make_mux()
 
     def _make_mux(self) -> None:
-        self.mux = Multiplexer(self._send_message, is_server=True, name=self.host,
+        self.mux = Multiplexer(self.send_while_open, send_pieces=self.send_pieces_while_open,
+                               is_server=True, name=self.host,
                                on_pong=self._pong, on_control=self._control,
                                clock=self.factory.reactor)
 
@@ -265,12 +266,6 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
             peer=self.peer_address,
             port=self.settings.port,
         )
-
-    def _send_message(self, payload: bytes) -> None:
-        # Once the closing handshake has begun nothing more may be sent; the
-        # multiplexer learns of the loss when the connection ends.
-        if self.state == self.STATE_OPEN:
-            self.send_binary(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         # Once the tunnel is closed (say, after a protocol error) messages
@@ -628,10 +623,9 @@ class TunnelEndpoint:
         self.interface, self.proxy_protocol = interface, proxy_protocol
 
     def listen(self, factory) -> Deferred:
-        if not self.proxy_protocol:
-            return SSL4ServerEndpoint(self.reactor, self.port, self.tls,
-                                      interface=self.interface).listen(factory)
-        # The PROXY header comes before the TLS handshake, so it is read on
-        # plain TCP and TLS starts after it.
-        tcp = proxyEndpoint(TCP4ServerEndpoint(self.reactor, self.port, interface=self.interface))
-        return tcp.listen(TLSMemoryBIOFactory(self.tls, False, factory))
+        tcp = TCP4ServerEndpoint(self.reactor, self.port, interface=self.interface)
+        if self.proxy_protocol:
+            # The PROXY header comes before the TLS handshake, so it is read
+            # on plain TCP and TLS starts after it.
+            tcp = proxyEndpoint(tcp)
+        return wrap_server_tls(self.tls, tcp, self.reactor).listen(factory)

@@ -96,7 +96,8 @@ class FastBinaryMixin:
                 return data[pos:]
             if end - pos < header + length:
                 return self._keep(data, pos, header + length)
-            payload = bytes(view[pos + header:pos + header + length])
+            # A view: the multiplexer copies a DATA payload out of it once.
+            payload = view[pos + header:pos + header + length]
             pos += header + length
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                 # Traffic shows the peer is alive, as Autobahn's own parser says.
@@ -121,11 +122,33 @@ class FastBinaryMixin:
 
     def send_binary(self, payload: bytes) -> None:
         """Send one binary message, as C{sendMessage(payload, isBinary=True)}."""
+        self.send_binary_pieces((payload,))
+
+    def send_binary_pieces(self, pieces) -> None:
+        """
+        Send one binary message made of C{pieces} (byte strings): unmasked,
+        they go to the transport as they are, after the frame header,
+        without being joined.
+        """
         masked = self.maskServerFrames if self.factory.isServer else self.maskClientFrames
         if masked or self._perMessageCompress is not None or self.state != self.STATE_OPEN:
-            self.sendMessage(payload, isBinary=True)
+            self.sendMessage(b"".join(pieces), isBinary=True)
             return
-        self.transport.write(binary_frame_header(len(payload)) + payload)
+        self.transport.writeSequence((binary_frame_header(sum(map(len, pieces))), *pieces))
+
+    def send_while_open(self, payload: bytes) -> None:
+        """
+        L{send_binary}, unless the closing handshake has begun: then nothing
+        more may be sent (a multiplexer learns of the loss when the
+        connection ends).
+        """
+        if self.state == self.STATE_OPEN:
+            self.send_binary_pieces((payload,))
+
+    def send_pieces_while_open(self, pieces) -> None:
+        """L{send_binary_pieces}, unless the closing handshake has begun."""
+        if self.state == self.STATE_OPEN:
+            self.send_binary_pieces(pieces)
 
 
 def forget_handshake(protocol) -> None:

@@ -107,6 +107,21 @@ class DecodingTests(SynchronousTestCase):
         """Every message decodes to itself."""
         self.assertEqual(framing.decode(framing.encode(message)), message)
 
+    @given(messages)
+    @settings(max_examples=300, deadline=None)
+    def test_round_trip_from_memoryview(self, message):
+        """A view of a received frame's payload decodes as its bytes do."""
+        decoded = framing.decode(memoryview(framing.encode(message)))
+        self.assertEqual(decoded, message)
+        if isinstance(decoded, framing.Data):
+            self.assertIsInstance(decoded.payload, bytes)
+
+    @given(channel_ids, st.binary(max_size=300))
+    def test_data_header(self, channel_id, payload):
+        """A DATA message is its header followed by the payload."""
+        self.assertEqual(framing.data_header(channel_id) + payload,
+                         framing.encode(framing.Data(channel_id, payload)))
+
     @given(st.binary(max_size=100))
     @settings(max_examples=500, deadline=None)
     def test_garbage_is_bad_frame(self, data):

@@ -250,6 +250,20 @@ class FlowControlTests(SynchronousTestCase):
         wire.pump()
         self.assertEqual(len(client_local.received), MAX_DATA * 2 + 5)
 
+    def test_data_goes_down_in_pieces(self):
+        """With send_pieces, a DATA message's header and payload are not joined."""
+        pieces, whole = [], []
+        mux = Multiplexer(whole.append, send_pieces=pieces.append, is_server=True)
+        channel = mux.open_channel()
+        mux.message_received(framing.encode(framing.Accept(channel.channel_id, 1 << 20)))
+        payload = b"p" * 1000
+        channel.local_data(payload)
+        self.assertEqual(len(pieces), 1)
+        header, sent = pieces[0]
+        self.assertIs(sent, payload)
+        self.assertEqual(header + sent, framing.encode(framing.Data(channel.channel_id, payload)))
+        self.assertEqual([framing.decode(m).__class__ for m in whole], [framing.Open])
+
     def test_credit_is_batched(self):
         """Credit goes back in quarter-window batches, not per message."""
         wire = Wire(window=4000)

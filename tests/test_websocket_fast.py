@@ -63,6 +63,33 @@ class FastBinaryMixinTests(unittest.TestCase):
             slow.sendMessage(payload, isBinary=True)
             self.assertEqual(fast.transport.value(), slow.transport.value())
 
+    def test_send_pieces_as_one_message(self):
+        """Pieces go out as one message, as sendMessage writes their join."""
+        pieces = (b"\x01head", bytes(range(256)) * 300, b"tail")
+        for protocol_class, factory_class, options in (
+                (Server, WebSocketServerFactory, {}),
+                (Client, WebSocketClientFactory, {"maskClientFrames": False})):
+            fast = open_protocol(factory_class, protocol_class, **options)
+            slow = open_protocol(factory_class, protocol_class, **options)
+            fast.send_binary_pieces(pieces)
+            slow.sendMessage(b"".join(pieces), isBinary=True)
+            self.assertEqual(fast.transport.value(), slow.transport.value())
+
+    def test_masked_pieces(self):
+        """A masking client joins the pieces and masks them, as Autobahn does."""
+        client = open_protocol(WebSocketClientFactory, Client, maskClientFrames=True)
+        client.send_binary_pieces((b"ab", b"c"))
+        self.assertEqual(client.transport.value()[:2], b"\x82\x83")
+
+    def test_nothing_sent_once_closing(self):
+        """send_while_open sends nothing once the closing handshake has begun."""
+        server = open_protocol(WebSocketServerFactory, Server)
+        server.send_while_open(b"one")
+        server.state = server.STATE_CLOSING
+        server.send_while_open(b"two")
+        server.send_pieces_while_open((b"thr", b"ee"))
+        self.assertEqual(server.transport.value(), b"\x82\x03one")
+
     def test_masked_client_uses_autobahn(self):
         """A client that masks its frames still does: the frame carries a mask."""
         client = open_protocol(WebSocketClientFactory, Client, maskClientFrames=True)
