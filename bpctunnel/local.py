@@ -11,6 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bpctunnel.bulk_io import release_and_close, tune_for_bulk
 from bpctunnel.greeting import ModuleSniffer
 from bpctunnel.mux import LOCAL_READ_SIZE, ILocalEnd
 
@@ -38,7 +39,7 @@ class LocalConnectionProtocol(Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self.transport.bufferSize = LOCAL_READ_SIZE
+        tune_for_bulk(self.transport, LOCAL_READ_SIZE)
         self.channel = self.tunnel.mux.open_channel({"peer": f"{peer.host}:{peer.port}"})
         self.channel.attach(self)
         self.transport.registerProducer(self.channel, True)
@@ -82,10 +83,10 @@ class LocalConnectionProtocol(Protocol):
         self.transport.write(data)
 
     def write_eof(self) -> None:
-        self.transport.loseWriteConnection()
+        release_and_close(self.transport, half=True)
 
     def close(self) -> None:
-        self.transport.loseConnection()
+        release_and_close(self.transport)
 
     def abort(self, reason: str) -> None:
         self.log.warn(

@@ -27,6 +27,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bpctunnel.bulk_io import release_and_close, tune_for_bulk
 from bpctunnel.greeting import ModuleSniffer
 from bpctunnel.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
 
@@ -109,7 +110,7 @@ class RsyncProcessProtocol(ProcessProtocol):
     def socket_connected(self, transport) -> None:
         """Our end of the socket pair is in the reactor: the channel can start."""
         self.socket = transport
-        transport.bufferSize = LOCAL_READ_SIZE
+        tune_for_bulk(transport, LOCAL_READ_SIZE)
         self.channel.attach(self)
         transport.registerProducer(self.channel, True)
 
@@ -192,10 +193,10 @@ class RsyncProcessProtocol(ProcessProtocol):
         return self._greeting.module
 
     def write_eof(self) -> None:
-        self.socket.loseWriteConnection()
+        release_and_close(self.socket, half=True)
 
     def close(self) -> None:
-        self.socket.loseConnection()
+        release_and_close(self.socket)
         if not self.ended:
             self._kill_call = self.clock.callLater(KILL_GRACE, self._kill)
 

@@ -27,6 +27,8 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bpctunnel.bulk_io import tune_for_bulk
+
 #: A write at least this big skips the small-write aggregator (which joins what it holds).
 BULK_WRITE = 4096
 
@@ -53,7 +55,7 @@ class BulkTLSProtocol(BufferingTLSTransport):
 
     def makeConnection(self, transport):
         # Bigger reads from the socket: fewer passes through every layer.
-        transport.bufferSize = SOCKET_READ_SIZE
+        tune_for_bulk(transport, SOCKET_READ_SIZE)
         super().makeConnection(transport)
 
     def _write_some(self, data: bytes) -> None:

@@ -16,6 +16,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel import tls_bulk
+from bpctunnel.bulk_io import SEND_SIZE
 from bpctunnel.tls_bulk import BULK_WRITE, BulkTLSFactory, _coalesce_head
 from tests.test_tls import client_options, shared_ca, shared_client_cert, shared_server_options
 
@@ -97,10 +98,12 @@ class BulkWriteTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(server.received, b"")
 
-    def test_socket_reads_are_bigger(self) -> None:
-        """The TCP transport under a bulk TLS connection reads 256 KiB at a time."""
+    def test_socket_reads_and_sends_are_bigger(self) -> None:
+        """The socket under a bulk TLS connection reads 256 KiB and sends 1 MiB at a time."""
         server, client, pump, clock = connect()
-        self.assertEqual(client.transport.transport.bufferSize, tls_bulk.SOCKET_READ_SIZE)
+        for protocol in (server, client):
+            self.assertEqual(protocol.transport.transport.bufferSize, tls_bulk.SOCKET_READ_SIZE)
+            self.assertEqual(protocol.transport.transport.SEND_LIMIT, SEND_SIZE)
 
 
 class CoalesceTests(SynchronousTestCase):
