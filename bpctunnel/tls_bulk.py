@@ -61,22 +61,22 @@ class BulkTLSProtocol(BufferingTLSTransport):
     def _write_some(self, data: bytes) -> None:
         if len(data) < BULK_WRITE:
             self._aggregator.write(data)
-            return
-        self._aggregator.flush()  # what was written before goes first
-        if self.disconnecting and self._producer is None:
-            return
-        self._write_pieces((data,))
+        else:
+            self._write_bulk((data,))
 
     def writeSequence(self, sequence) -> None:
         pieces = list(sequence)
-        size = sum(map(len, pieces))
-        if size < BULK_WRITE:
+        if sum(map(len, pieces)) < BULK_WRITE:
             self._aggregator.write(b"".join(pieces))
-            return
-        self._aggregator.flush()
-        if self.disconnecting and self._producer is None:
-            return
-        self._write_pieces(_coalesce_head(pieces))
+        else:
+            self._write_bulk(_coalesce_head(pieces))
+
+    def _write_bulk(self, pieces) -> None:
+        self._aggregator.flush()  # what was written before goes first
+        # As TLSMemoryBIOProtocol.write: nothing after loseConnection,
+        # unless a producer is still registered.
+        if not (self.disconnecting and self._producer is None):
+            self._write_pieces(pieces)
 
     def _write(self, bytes) -> None:
         # Twisted's own path: the aggregator's flushes and buffered writes.
