@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.python import usage
 
+from bpctunnel.allocator import keep_bulk_buffers
 from bpctunnel.client import client_tls, make_client_service
 from bpctunnel.client_config import load_client_config
 from bpctunnel.errors import BpcTunnelError
@@ -66,4 +67,5 @@ def makeService(options: Options, reactor=None):
     """Build the client's service from parsed L{Options}."""
     if reactor is None:
         from twisted.internet import reactor
+    keep_bulk_buffers()
     return make_client_service(reactor, options["client_config"], tls=options["tls"])

@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from bpctunnel.allocator import keep_bulk_buffers
 from bpctunnel.backup_trigger import DEFAULT_SERVER_MESG, BackupRequest, BackupTrigger
 from bpctunnel.backuppc import read_hosts
 from bpctunnel.errors import BpcTunnelError
@@ -138,6 +139,7 @@ def makeService(options: Options, reactor=None):
     """Build the server's service from parsed L{Options}."""
     if reactor is None:
         from twisted.internet import reactor
+    keep_bulk_buffers()
     address = options["listen_address"]
     conf = Path(options["backuppc-conf"])
     trigger = BackupTrigger(reactor, options["backup_request"])
