@@ -33,6 +33,11 @@ SERVER_KEY_FILE = "server.key"
 
 MINIMUM_TLS_VERSION = TLSVersion.TLSv1_3
 
+#: TLS 1.3 cipher suites in the server's order of preference.  AES-128-GCM
+#: (the suite every TLS 1.3 peer must have) costs about 10% less CPU per
+#: byte than AES-256-GCM with AES instructions; all three are strong.
+TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
 
 def _x509(cert: x509.Certificate) -> X509:
     # Only the CA store (X509Store.add_cert) still needs pyOpenSSL objects.
@@ -64,7 +69,7 @@ def server_tls_options_from(
     ca_certs = parse_certs(ca_pem, ca_source)
     chain, key = _leaf_and_key(cert_pem, key_pem, cert_source, key_source)
     # The leaf and key go in as cryptography objects (see client_tls_options_from).
-    return CertificateOptions(
+    options = CertificateOptions(
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
@@ -75,6 +80,9 @@ def server_tls_options_from(
         caCerts=[_x509(c) for c in ca_certs],
         raiseMinimumTo=MINIMUM_TLS_VERSION,
     )
+    # The server's preference decides (Twisted sets it): AES-128-GCM first.
+    options.getContext().set_tls13_ciphersuites(TLS13_CIPHERSUITES)
+    return options
 
 
 def server_tls_options(certs_dir: os.PathLike | str) -> CertificateOptions:

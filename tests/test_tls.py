@@ -15,7 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLContextFactory
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLContextFactory,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, CertificateOptions, TLSVersion, optionsForClientTLS
 from twisted.internet.task import Clock
@@ -103,6 +107,26 @@ def write_certs(directory: Path, ca, server_cert) -> None:
     pki.write_private(directory / "server.key", server_cert.key_pem)
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class OnlySuite:
+    """A client (our CA's, with its certificate) that offers one TLS 1.3 cipher suite only."""
+
+    def __init__(self, ca, cert: pki.CertAndKey, suite: bytes) -> None:
+        options = CertificateOptions(
+            privateKey=serialization.load_pem_private_key(cert.key_pem, None),
+            certificate=x509.load_pem_x509_certificate(cert.cert_pem),
+            verify=True, caCerts=[Certificate.loadPEM(ca.cert_pem).original],
+            raiseMinimumTo=TLSVersion.TLSv1_3)
+        self.context = options.getContext()
+        self.context.set_tls13_ciphersuites(suite)
+
+    def clientConnectionForTLS(self, tls_protocol):
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tls_protocol)
+        connection.set_connect_state()
+        return connection
+
+
 class FakeTLS:
     """Stands in for a TLS transport whose peer sent no certificate."""
 
@@ -166,6 +190,20 @@ class HandshakeTests(TLSTestCase):
         self.assertEqual(pki.common_name(server.peer_der), "laptop1")
         self.assertEqual(pki.fingerprint_sha256(client.peer_der),
                          pki.fingerprint_sha256(self.server_cert.cert_pem))
+
+    def test_aes128_gcm_preferred(self) -> None:
+        """The server picks AES-128-GCM, the cheapest of the suites a client offers."""
+        server, client = handshake(self.server_options, client_options(self.ca, self.client_cert))
+        self.assertEqual(server.transport._tlsConnection.get_cipher_name(),
+                         "TLS_AES_128_GCM_SHA256")
+
+    def test_client_with_one_other_suite_connects(self) -> None:
+        """A client offering only AES-256-GCM still connects, with that suite."""
+        server, client = handshake(self.server_options,
+                                   OnlySuite(self.ca, self.client_cert, b"TLS_AES_256_GCM_SHA384"))
+        self.assertEqual(client.received, b"hello from server")
+        self.assertEqual(server.transport._tlsConnection.get_cipher_name(),
+                         "TLS_AES_256_GCM_SHA384")
 
     def test_client_from_other_ca_refused(self) -> None:
         """
