@@ -10,7 +10,10 @@ keeps every other byte of them.
 from __future__ import annotations
 
 import configparser
+import os
+import pwd
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,8 +35,17 @@ DEFAULT_CERTS = Path("/etc/bpctunnel")
 DEFAULT_CONF = Path("/etc/backuppc")
 DEFAULT_PORT_RANGE = (64701, 65000)
 DEFAULT_SERVER_PORT = 8443
+#: The bundle's client config: the name the client units and backup-now use.
+CLIENT_CONF = "client.conf"
 #: Certificates this close to expiry are reissued rather than reused, and flagged by check.
 RENEW_WITHIN_DAYS = 30
+
+#: BackupPC skips a host whose ping takes longer than $Conf{PingMaxMsec}
+#: (default 20 ms); a laptop's round trip through its tunnel is the whole
+#: Internet path, often 30-300 ms, so tunnel hosts get this instead.
+TUNNEL_PING_MAX_MSEC = 2000
+#: Where Debian's backuppc package puts BackupPC's command for its daemon.
+BACKUPPC_SERVER_MESG = "/usr/share/backuppc/bin/BackupPC_serverMesg"
 
 #: BackupPC's rsyncd transfer refuses an empty RsyncdPasswd even when the
 #: daemon asks for none; the tunnel's TLS does the authentication.
@@ -79,13 +91,37 @@ class Paths:
     def hosts(self) -> Path:
         return self.conf / "hosts"
 
+    @property
+    def config_pl(self) -> Path:
+        """BackupPC's global config: new host configs get its owner, group and mode."""
+        return self.conf / "config.pl"
+
+
+def backuppc_setting(paths: Paths, name: str, default=None):
+    """A plain setting of BackupPC's config.pl (C{default} if absent or unreadable)."""
+    try:
+        value = read_host_config(paths.config_pl)[1].get(name)
+    except ConfigError:
+        return default
+    return default if value is None else value
+
+
+def backuppc_user(paths: Paths) -> str:
+    """The user BackupPC runs as ($Conf{BackupPCUser}), who must read host configs."""
+    user = backuppc_setting(paths, "BackupPCUser", "backuppc")
+    return user if isinstance(user, str) and user else "backuppc"
+
 
 # -- init-ca -------------------------------------------------------------------
 
 
 def init_ca(paths: Paths, server_name: str, days: int = 3650, force: bool = False,
-            server_url: str | None = None) -> list[str]:
-    """Make the CA, the server's certificate and server.conf."""
+            server_url: str | None = None, server_user: str | None = None) -> list[str]:
+    """
+    Make the CA, the server's certificate and server.conf.  The server's key
+    belongs to C{server_user} (the user the server runs as: BackupPC's),
+    mode 0600; the CA's key stays with whoever runs this, mode 0600.
+    """
     if paths.ca_cert.exists() and not force:
         raise AdminError(f"{paths.ca_cert} already exists; a new CA would invalidate every "
                          f"client certificate. Use --force if that is what you want")
@@ -98,14 +134,42 @@ def init_ca(paths: Paths, server_name: str, days: int = 3650, force: bool = Fals
     pki.write_public(paths.ca_cert, ca.cert_pem)
     pki.write_private(paths.certs / "server.key", server.key_pem)
     pki.write_public(paths.certs / "server.crt", server.cert_pem)
+    key_owner = _give_to(paths.certs / "server.key", server_user)
     host = f"[{server_name}]" if ":" in server_name else server_name
     url = server_url or f"wss://{host}:{DEFAULT_SERVER_PORT}/tunnel"
-    paths.server_conf.write_text(f"[bpctunnel]\n# The URL laptops connect to.\nserver = {url}\n")
+    pki.write_public(paths.server_conf,
+                     f"[bpctunnel]\n# The URL laptops connect to.\nserver = {url}\n".encode())
     return [
         f"wrote {paths.ca_cert} and {paths.ca_key} (keep ca.key secret: it signs laptops' certificates)",
-        f"wrote {paths.certs / 'server.crt'} and server.key for {server_name}",
+        f"wrote {paths.certs / 'server.crt'} and server.key for {server_name}{key_owner}",
         f"wrote {paths.server_conf}: client bundles will use {url}",
     ]
+
+
+def _give_to(path: Path, user: str | None) -> str:
+    """chown C{path} to C{user} (and its group); says so, for init-ca's message."""
+    if not user:
+        return ""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise AdminError(f"--server-user {user}: no such user on this machine") from None
+    try:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    except OSError as e:
+        raise AdminError(f"cannot give {path} to {user} ({e.strerror}); run init-ca as root, "
+                         f"or as {user}") from None
+    return f" (server.key belongs to {user}, who runs the server)"
+
+
+def default_server_user(paths: Paths) -> str | None:
+    """BackupPC's user, if this machine has it: the server runs as that user."""
+    user = backuppc_user(paths)
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return user if os.geteuid() == 0 else None
 
 
 def _load_ca(paths: Paths) -> pki.CertAndKey:
@@ -189,13 +253,47 @@ def pick_port(conf: Path, host: str, port_range=DEFAULT_PORT_RANGE) -> int:
                      f"pass --port or a wider --port-range")
 
 
-def edit_host_config(path: Path, edits) -> bool:
-    """Apply C{edits} (text -> text functions) to a host config, atomically."""
+def edit_host_config(path: Path, edits, like: Path | None = None) -> bool:
+    """
+    Apply C{edits} (text -> text functions) to a host config, atomically; a
+    new one gets the owner, group and mode of C{like} (BackupPC's config.pl).
+    """
     old = read_config_text(path, "host config") if path.exists() else None
     text = old if old is not None else ""
     for edit in edits:
         text = edit(text)
-    return confedit.write_atomically(path, text, old)
+    return confedit.write_atomically(path, text, old, like=like)
+
+
+def reload_backuppc(paths: Paths, server_mesg: str | None) -> str:
+    """
+    Ask the running BackupPC to read its hosts file again (as root, through
+    BackupPC's own user: its socket admits no one else); says what happened.
+    """
+    manual = (f"BackupPC reads the new hosts file at its next wakeup; to make it read it now "
+              f"run: sudo -u {backuppc_user(paths)} {server_mesg or BACKUPPC_SERVER_MESG} "
+              f"server reload")
+    if not server_mesg:
+        return manual
+    argv = [server_mesg, "server", "reload"]
+    if os.geteuid() == 0 and shutil.which("runuser"):
+        argv = ["runuser", "-u", backuppc_user(paths), "--"] + argv
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"could not ask BackupPC to reload ({e}); {manual}"
+    if result.returncode != 0 or not result.stdout.startswith("ok"):
+        said = (result.stdout + result.stderr).strip().splitlines()
+        return (f"BackupPC did not reload ({said[-1] if said else f'status {result.returncode}'}"
+                f"); {manual}")
+    return "BackupPC read the new hosts file (BackupPC_serverMesg server reload)"
+
+
+def default_server_mesg(paths: Paths) -> str | None:
+    """BackupPC_serverMesg, when C{paths} is the installed BackupPC's own config folder."""
+    if Path(BACKUPPC_SERVER_MESG).is_file() and paths.conf.resolve() == DEFAULT_CONF.resolve():
+        return BACKUPPC_SERVER_MESG
+    return None
 
 
 # -- register-client, renew, revoke -------------------------------------------
@@ -254,22 +352,25 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
                     add_host: bool = False, csr: Path | None = None, out: Path | None = None,
                     days: int = 825, port_range=DEFAULT_PORT_RANGE, user: str = "backuppc",
                     url: str | None = None, renew: bool = False,
-                    bpctunnel: str | None = None) -> Registration:
+                    bpctunnel: str | None = None, server_mesg: str | None = None) -> Registration:
     """
     Issue (or reuse) a client certificate and write the host's tunnel
     settings; C{bpctunnel} is the command BackupPC's C{PingCmd} runs (by
     default this command's own path), written unless the host has a PingCmd.
+    A host added to the hosts file is announced to BackupPC with
+    C{server_mesg server reload} (BackupPC_serverMesg), if given.
     """
     host = checked_host(host)
     ca = _load_ca(paths)
     url = url or server_url(paths)
     messages = []
+    added_host = False
     hosts_text = read_config_text(paths.hosts, "hosts file")
     if host not in parse_hosts(hosts_text, str(paths.hosts)):
         if not add_host:
             raise AdminError(f"{host} is not in {paths.hosts}; add it there or pass --add-host")
         new_hosts, _ = confedit.add_host(hosts_text, host, user, str(paths.hosts))
-        confedit.write_atomically(paths.hosts, new_hosts, hosts_text)
+        added_host = True
         messages.append(f"added {host} to {paths.hosts}")
     config_path = find_host_config(paths.conf, host) or paths.conf / f"{host}.pl"
     config = read_host_config(config_path)[1] if config_path.exists() else None
@@ -296,6 +397,9 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
             pair = pki.make_client_cert(ca, host, days)
             cert_pem, key_pem = pair.cert_pem, pair.key_pem
     fingerprint = pki.fingerprint_sha256(cert_pem)
+    if added_host:
+        # Only now that nothing can fail for a reason found before writing.
+        confedit.write_atomically(paths.hosts, new_hosts, hosts_text)
 
     edits = [
         lambda t: confedit.set_tunnel_cert(t, fingerprint, str(config_path)),
@@ -307,22 +411,30 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
     if not (isinstance(passwd, str) and passwd):
         edits.append(lambda t: confedit.set_setting(t, "RsyncdPasswd", RSYNCD_PASSWD_PLACEHOLDER,
                                                     str(config_path)))
+    old_shares = _share_list(config.get("RsyncShareName")) if config else []
     if shares:
         edits.append(lambda t: confedit.set_setting(t, "RsyncShareName", list(shares),
+                                                    str(config_path)))
+    if not (config and config.get("PingMaxMsec") is not None):
+        edits.append(lambda t: confedit.set_setting(t, "PingMaxMsec", TUNNEL_PING_MAX_MSEC,
                                                     str(config_path)))
     if not (config and config.get("PingCmd")):
         # BackupPC's $host in PingCmd is the ClientNameAlias, 127.0.0.1: the
         # command must name the host itself.
         ping = f"{bpctunnel or bpctunnel_path()} ping {host}"
         edits.append(lambda t: confedit.set_setting(t, "PingCmd", ping, str(config_path)))
-    if edit_host_config(config_path, edits):
+    if edit_host_config(config_path, edits, like=paths.config_pl):
         messages.append(f"updated {config_path}: TunnelCert:sha256:{fingerprint[:16]}..., "
                         f"RsyncdClientPort {port}")
     config = read_host_config(config_path)[1]
-    shares = config.get("RsyncShareName") or []
-    shares = [shares] if isinstance(shares, str) else [s for s in shares if isinstance(s, str)]
+    shares = _share_list(config.get("RsyncShareName"))
     if _write_bundle(bundle, host, url, ca.cert_pem, cert_pem, key_pem, shares):
         messages.append(f"wrote the client bundle to {bundle}")
+    new_shares = [s for s in shares if s not in old_shares]
+    if new_shares and registered:
+        messages.append(_new_shares_advice(host, new_shares))
+    if added_host:
+        messages.append(reload_backuppc(paths, server_mesg))
     issued = paths.issued_cert(host)
     issued.parent.mkdir(parents=True, exist_ok=True)
     if not issued.exists() or issued.read_bytes() != cert_pem:
@@ -330,6 +442,22 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
     if not messages:
         messages.append(f"{host} is already registered with this bundle; nothing changed")
     return Registration(host, port, fingerprint, config_path, bundle, tuple(messages))
+
+
+def _share_list(value) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [s for s in value if isinstance(s, str)]
+
+
+def _new_shares_advice(host: str, shares: list[str]) -> str:
+    """What the laptop must add before BackupPC's next backup of C{host}."""
+    modules = "\n".join(f"    [{name}]\n        path = /FOLDER/TO/BACK/UP\n        read only = yes"
+                        for name in shares)
+    return (f"BackupPC now expects module(s) {', '.join(shares)} from {host}: until the laptop "
+            f"serves them, every backup of {host} fails with \"Unknown module\".  Add to the "
+            f"laptop's rsyncd.conf (then `bpctunnel check {host}` while it is connected "
+            f"compares the two):\n{modules}")
 
 
 def rsyncd_conf_template(shares) -> str:
@@ -352,7 +480,7 @@ def _write_bundle(bundle: Path, host: str, url: str, ca_pem: bytes, cert_pem: by
     bundle.mkdir(parents=True, exist_ok=True)
     changed = False
     files = {
-        f"{host}.conf": (f"[bpctunnel]\nserver = {url}\nca = ca.crt\ncert = {host}.crt\n"
+        CLIENT_CONF: (f"[bpctunnel]\nserver = {url}\nca = ca.crt\ncert = {host}.crt\n"
                          f"key = {host}.key\nrsyncd_conf = rsyncd.conf\n").encode(),
         "ca.crt": ca_pem,
         f"{host}.crt": cert_pem,

@@ -92,6 +92,9 @@ class InitCaOptions(_Command):
         ["certs", "c", "/etc/bpctunnel", "Where to write them."],
         ["days", "d", 3650, "Validity of the CA in days.", _positive],
         ["server-url", "u", None, "URL for client bundles (default wss://SERVER_NAME:8443/tunnel)."],
+        ["backuppc-conf", "b", "/etc/backuppc", "BackupPC's configuration folder (for its user)."],
+        ["server-user", None, None, "The user the server runs as, who gets server.key (default: "
+                                    "BackupPC's $Conf{BackupPCUser}, when run as root)."],
     ]
     optFlags = [["force", "f", "Replace an existing CA (every client must be registered again)."]]
 
@@ -120,6 +123,9 @@ class RegisterOptions(_Paths):
         ["server-url", "u", None, "URL for the bundle (default: from server.conf)."],
         ["bpctunnel", None, None, "This command's path as BackupPC's PingCmd runs it "
                                   "(default: the path it was run by)."],
+        ["backuppc-server-mesg", None, None,
+         "BackupPC_serverMesg, to make BackupPC read a hosts file --add-host changed (default: "
+         "Debian's, when --backuppc-conf is /etc/backuppc; 'none' to leave BackupPC alone)."],
     ]
     optFlags = [["add-host", None, "Add HOST to BackupPC's hosts file if missing."]]
 
@@ -178,7 +184,14 @@ class ListOptions(_Paths):
 class CheckOptions(_Paths):
     synopsis = "[HOST]"
     longdesc = ("Explains every misconfiguration of the tunnel hosts (or of HOST) in plain "
-                "words; exits 1 if there is any.")
+                "words; exits 1 if there is any.  Checks that BackupPC's user and the "
+                "server's can read what they must, and, for each host whose tunnel is up "
+                "(asked of the server's API), that the laptop serves every module BackupPC "
+                "expects and that its round trip is within PingMaxMsec.")
+    optParameters = _Api.optParameters + [
+        ["server-user", None, None, "The user the server runs as (default: BackupPC's)."],
+    ]
+    optFlags = [["offline", None, "Do not ask the running server about live tunnels."]]
 
     def parseArgs(self, host=None):
         self["host"] = host
@@ -292,11 +305,16 @@ def run(command: str, o) -> int:
     from bpctunnel import admin, api_client, health
 
     if command == "init-ca":
-        lines = admin.init_ca(admin.Paths(certs=Path(o["certs"])), o["server_name"], o["days"],
-                              o["force"], o["server-url"])
+        paths = admin.Paths(certs=Path(o["certs"]), conf=Path(o["backuppc-conf"]))
+        lines = admin.init_ca(paths, o["server_name"], o["days"], o["force"], o["server-url"],
+                              o["server-user"] or admin.default_server_user(paths))
     elif command == "register-client":
+        server_mesg = o["backuppc-server-mesg"]
+        if server_mesg is None:
+            server_mesg = admin.default_server_mesg(o.paths())
         result = admin.register_client(o.paths(), o["host"], add_host=o["add-host"],
-                                       user=o["user"], **_register_kwargs(o))
+                                       user=o["user"], server_mesg=None if server_mesg == "none"
+                                       else server_mesg, **_register_kwargs(o))
         lines = list(result.messages)
     elif command == "renew":
         lines = list(admin.renew(o.paths(), o["host"], **_register_kwargs(o)).messages)
@@ -338,22 +356,68 @@ def run(command: str, o) -> int:
     elif command == "list":
         lines = [health.format_table(health.inspect_hosts(o.paths()))]
     elif command == "check":
-        reports = health.inspect_hosts(o.paths())
-        if o["host"] is not None:
-            reports = [r for r in reports if r.host == o["host"].lower()]
-            if not reports:
-                print(f"bpctunnel: {o['host']} has no tunnel settings in {o['backuppc-conf']}",
-                      file=sys.stderr)
-                return 1
-        problems = [p for r in reports for p in r.problems]
-        for problem in problems:
-            print(f"{problem.host}: {problem.message}")
-        if not problems:
-            print(f"no problems found in {len(reports)} tunnel host(s)")
-        return 1 if problems else 0
+        return _check(o)
     for line in lines:
         print(line)
     return 0
+
+
+def _readers(o) -> list:
+    """The accounts that must read BackupPC's and the server's files."""
+    from bpctunnel import admin
+    from bpctunnel.permissions import Account
+
+    names = dict.fromkeys([admin.backuppc_user(o.paths()), o["server-user"] or
+                           admin.backuppc_user(o.paths())])
+    return [a for a in map(Account.named, names) if a is not None]
+
+
+def _live(o, report):
+    """(the API's view of the host's tunnel, its round trip in ms), or Nones."""
+    from bpctunnel import api_client
+
+    token = api_client.api_token(o["api-token-file"])
+    try:
+        tunnel = api_client.call("GET", o["api"], f"/api/v1/tunnels/{report.host}", token,
+                                 timeout=10)
+    except api_client.NotFound:
+        return None, None
+    try:
+        ping = api_client.call("POST", o["api"], f"/api/v1/tunnels/{report.host}/ping?count=3",
+                               token, timeout=30)
+        round_trip = ping.get("max")
+    except api_client.ApiError:
+        round_trip = None
+    return tunnel, round_trip
+
+
+def _check(o) -> int:
+    from bpctunnel import api_client, health
+
+    readers = _readers(o)
+    reports = health.inspect_hosts(o.paths(), readers)
+    problems = health.inspect_server(o.paths(), readers)
+    if o["host"] is not None:
+        reports = [r for r in reports if r.host == o["host"].lower()]
+        if not reports:
+            print(f"bpctunnel: {o['host']} has no tunnel settings in {o['backuppc-conf']}",
+                  file=sys.stderr)
+            return 1
+    live = not o["offline"]
+    for report in reports:
+        problems += report.problems
+        if not live:
+            continue
+        try:
+            problems += health.live_problems(report, *_live(o, report))
+        except api_client.ApiError as e:
+            print(f"bpctunnel check: live tunnels not checked: {e}", file=sys.stderr)
+            live = False
+    for problem in problems:
+        print(f"{problem.host}: {problem.message}")
+    if not problems:
+        print(f"no problems found in {len(reports)} tunnel host(s)")
+    return 1 if problems else 0
 
 
 def _backup_now(o) -> None:

@@ -15,11 +15,12 @@ from twisted.logger import Logger
 
 from bpctunnel import framing
 from bpctunnel.client_config import ClientConfig, InlinePem, pem_and_source
-from bpctunnel.errors import ProtocolError
+from bpctunnel.errors import ConfigError, ProtocolError
 from bpctunnel.http_proxy import HTTPConnectEndpoint
 from bpctunnel.mux import Channel, Multiplexer
 from bpctunnel.retry import RetryPolicy, needs_admin
-from bpctunnel.rsync_bridge import RsyncLauncher
+from bpctunnel.rsync_bridge import RsyncLauncher, log_daemon_identity
+from bpctunnel.rsyncd_conf import read_rsyncd_conf
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
 from bpctunnel.tls import client_tls_options, client_tls_options_from
 from bpctunnel.tls_bulk import wrap_client_tls
@@ -118,6 +119,11 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
         self.factory.current = self
         self.factory.retry_policy.tunnel_opened()
         self._log.info("tunnel up to {url}", url=self.factory.config.server)
+        modules = self.factory.served_modules()
+        if modules is not None:
+            # So that `bpctunnel check HOST` can compare them with what
+            # BackupPC expects; servers before this message ignore it.
+            self.mux.send(framing.Control({"type": "modules", "modules": modules}))
         self.factory.tunnel_opened(self)
 
     def _control(self, body: dict) -> None:
@@ -229,6 +235,15 @@ class TunnelClientFactory(WebSocketClientFactory):
         #: The open tunnel, if any.
         self.current: TunnelClientProtocol | None = None
 
+    def served_modules(self) -> list[str] | None:
+        """The modules of our rsyncd.conf as it is now (None if we run no rsync)."""
+        if not isinstance(self.accept_channel, RsyncLauncher):
+            return None
+        try:
+            return sorted(read_rsyncd_conf(self.accept_channel.rsyncd_conf)[1])
+        except ConfigError:
+            return []
+
     def tunnel_opened(self, protocol: TunnelClientProtocol) -> None:
         for observer in list(self.observers):
             observer("open", protocol, None)
@@ -281,6 +296,13 @@ class TunnelClientService(ClientService):
     def __init__(self, endpoint, factory: TunnelClientFactory, clock):
         super().__init__(endpoint, factory, retryPolicy=factory.retry_policy, clock=clock)
         self.factory = factory
+        self.reactor = clock
+
+    def startService(self):
+        launcher = self.factory.accept_channel
+        if isinstance(launcher, RsyncLauncher):
+            log_daemon_identity(self.reactor, launcher.rsync, launcher.rsyncd_conf, launcher.euid)
+        return super().startService()
 
     def stopService(self):
         if self.factory.current is not None:

@@ -254,8 +254,17 @@ def _decode(data):
         return data.decode("latin-1"), "latin-1"
 
 
+def _stat_or_none(path):
+    if path is None:
+        return None
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
 def write_atomically(path, new_text: str, old_text: str | None, *,
-                     encoding: str | None = None) -> bool:
+                     encoding: str | None = None, like=None) -> bool:
     """
     Replace the file at C{path} (a symlink's target) with C{new_text}; return
     whether it was written (not when C{new_text == old_text}).
@@ -265,7 +274,9 @@ def write_atomically(path, new_text: str, old_text: str | None, *,
     The text is encoded in C{encoding}, by default the one the file is in
     (UTF-8, else latin-1, as L{read_config_text} reads it), without newline
     translation.  The file keeps its mode, owner and group; a new one gets
-    mode 0640 and the folder's group.  On failure the old file is untouched
+    those of the file C{like} (BackupPC's own C{config.pl}, so that BackupPC
+    and its web interface can read it) or, without one, mode 0640 and the
+    folder's group.  On failure the old file is untouched
     and no temporary file is left.
 
     @raise EditRefused: the file changed since C{old_text} was read.
@@ -292,7 +303,7 @@ def write_atomically(path, new_text: str, old_text: str | None, *,
         raise ConfigError(f"cannot write {path} in its encoding {encoding}: "
                           f"{e.object[e.start:e.end]!r} has no {encoding} form") from None
     try:
-        st = os.stat(path) if current is not None else None
+        st = os.stat(path) if current is not None else _stat_or_none(like)
         gid = st.st_gid if st else os.stat(path.parent).st_gid
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:

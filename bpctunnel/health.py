@@ -13,12 +13,18 @@ import attrs
 from bpctunnel import pki
 from bpctunnel.admin import (
     RENEW_WITHIN_DAYS,
+    TUNNEL_PING_MAX_MSEC,
     Paths,
+    backuppc_setting,
     host_config_files,
     read_host_config,
 )
 from bpctunnel.backuppc import find_fingerprints, read_hosts
 from bpctunnel.errors import BpcTunnelError
+from bpctunnel.permissions import Account, unreadable_reason
+
+#: BackupPC's own default for $Conf{PingMaxMsec}.
+BACKUPPC_PING_MAX_MSEC = 20
 
 
 @attrs.frozen
@@ -40,6 +46,8 @@ class HostReport:
     expires: str
     shares: tuple[str, ...]
     problems: tuple[Problem, ...]
+    #: $Conf{PingMaxMsec} as BackupPC sees it for this host (None: not a number).
+    ping_max_msec: float | None = None
 
 
 def _as_list(value) -> list:
@@ -59,8 +67,44 @@ def _cert_expiry(paths: Paths, host: str, fingerprints) -> tuple[str, float | No
     return pki.not_after(cert).strftime("%Y-%m-%d"), pki.days_left(cert)
 
 
-def inspect_hosts(paths: Paths) -> list[HostReport]:
-    """A report for every host that uses the tunnel, sorted by name."""
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _unreadable(path, readers, what: str, like) -> list[str]:
+    """Why each of C{readers} cannot read C{path}, and how to fix it."""
+    found = []
+    for account in readers:
+        reason = unreadable_reason(path, account)
+        if reason:
+            fix = (f"; run: chown --reference={like} {path} && chmod --reference={like} {path}"
+                   if like is not None and like.exists() else "")
+            found.append(f"{reason}: {what}{fix}")
+    return found
+
+
+def inspect_server(paths: Paths, readers=()) -> list[Problem]:
+    """What keeps the server's user (or BackupPC's) from reading its files."""
+    problems = []
+    for path, what in [(paths.hosts, "the tunnel refuses every laptop as 'unknown host'"),
+                       (paths.ca_cert, "the server cannot start"),
+                       (paths.certs / "server.crt", "the server cannot start"),
+                       (paths.certs / "server.key", "the server cannot start")]:
+        for message in _unreadable(path, readers, what, None):
+            problems.append(Problem("server", message))
+    return problems
+
+
+def inspect_hosts(paths: Paths, readers=()) -> list[HostReport]:
+    """
+    A report for every host that uses the tunnel, sorted by name;
+    C{readers} are the L{Account}s that must read each host config
+    (BackupPC's user, the server's).
+    """
+    global_ping_max = backuppc_setting(paths, "PingMaxMsec", str(BACKUPPC_PING_MAX_MSEC))
     try:
         listed = read_hosts(paths.hosts)
         hosts_problem = None
@@ -138,9 +182,22 @@ def inspect_hosts(paths: Paths) -> list[HostReport]:
             problems.append(Problem(host, f"$Conf{{PingCmd}} in {path.name} passes $host, which "
                                           f"BackupPC sets to the ClientNameAlias 127.0.0.1: "
                                           f"name the host instead (bpctunnel ping {host})"))
+        for message in _unreadable(path, readers, "BackupPC fails every backup with \"Can't "
+                                   "read PC's config file\" and the tunnel refuses the laptop",
+                                   paths.config_pl):
+            problems.append(Problem(host, message))
+        own_ping_max = config.get("PingMaxMsec")
+        ping_max = _number(global_ping_max if own_ping_max is None else own_ping_max)
+        if ping_max is not None and ping_max <= BACKUPPC_PING_MAX_MSEC:
+            problems.append(Problem(host, f"$Conf{{PingMaxMsec}} is {ping_max:g} ms for {host}: "
+                                          f"BackupPC skips it whenever its round trip through "
+                                          f"the tunnel is longer (\"ping too slow\"), which "
+                                          f"is any laptop beyond a LAN; set "
+                                          f"$Conf{{PingMaxMsec}} = {TUNNEL_PING_MAX_MSEC}; in "
+                                          f"{path.name}"))
         shares = tuple(s for s in _as_list(config.get("RsyncShareName")) if isinstance(s, str))
         reports.append(HostReport(host, path, str(port), tuple(sorted(fingerprints)), expires,
-                                  shares, tuple(problems)))
+                                  shares, tuple(problems), ping_max))
 
     for port, owners in port_owner.items():
         if len(owners) > 1:
@@ -164,3 +221,31 @@ def format_table(reports: list[HostReport]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
                      for row in rows)
+
+
+def live_problems(report: HostReport, tunnel: dict | None,
+                  round_trip_ms: float | None) -> list[Problem]:
+    """
+    What a live tunnel shows wrong: BackupPC expects a module the laptop does
+    not serve, or its round trip exceeds the host's PingMaxMsec.  C{tunnel}
+    is the API's view of the host's tunnel (None when it is down).
+    """
+    problems = []
+    served = (tunnel or {}).get("modules")
+    if served is not None:
+        missing = [share for share in report.shares if share not in served]
+        if missing:
+            problems.append(Problem(
+                report.host,
+                f"BackupPC expects module(s) {', '.join(missing)} that the laptop does not serve "
+                f"(it serves: {', '.join(served) or 'none'}): every backup of {report.host} "
+                f"fails with \"Unknown module\"; add them to the laptop's rsyncd.conf, or remove "
+                f"them from $Conf{{RsyncShareName}}"))
+    if (round_trip_ms is not None and report.ping_max_msec is not None
+            and round_trip_ms > report.ping_max_msec):
+        problems.append(Problem(
+            report.host,
+            f"the round trip through {report.host}'s tunnel is {round_trip_ms:.0f} ms, above its "
+            f"$Conf{{PingMaxMsec}} of {report.ping_max_msec:g} ms: BackupPC skips it as \"ping "
+            f"too slow\"; raise PingMaxMsec in {report.config_path}"))
+    return problems

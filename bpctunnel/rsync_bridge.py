@@ -17,27 +17,45 @@ No rsync port is ever opened on the laptop and no rsync password is needed.
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import socket
 from pathlib import Path
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorProcess, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from bpctunnel.bulk_io import release_and_close, tune_for_bulk
+from bpctunnel.errors import ConfigError
 from bpctunnel.greeting import ModuleSniffer
 from bpctunnel.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
+from bpctunnel.rsyncd_conf import identity_overrides, module_identities, read_rsyncd_conf
 
 #: Seconds rsync may keep running after BackupPC has gone away.
 KILL_GRACE = 10.0
 
 
-def rsync_argv(rsync: str, rsyncd_conf: Path) -> list[str]:
-    """The one command the client ever runs, whatever the server sends."""
-    return [rsync, "--daemon", f"--config={rsyncd_conf}"]
+def rsync_argv(rsync: str, rsyncd_conf: Path, overrides=()) -> list[str]:
+    """
+    The one command the client ever runs, whatever the server sends;
+    C{overrides} are C{--dparam} options of ours (L{identity_overrides}).
+    """
+    return [rsync, "--daemon", f"--config={rsyncd_conf}", *overrides]
+
+
+def daemon_overrides(rsyncd_conf: Path, euid: int) -> list[str]:
+    """L{identity_overrides} for the rsyncd.conf as it is now (rsync reports a bad one)."""
+    try:
+        global_settings, _ = read_rsyncd_conf(rsyncd_conf)
+    except ConfigError:
+        global_settings = {}
+    return identity_overrides(global_settings, euid)
 
 
 def rsync_environment() -> dict[str, str]:
@@ -237,10 +255,12 @@ class RsyncLauncher:
     rsync: str
     rsyncd_conf: Path
     client_name: str = ""
+    euid: int = attrs.field(factory=os.geteuid)
 
     def __call__(self, channel: Channel) -> RsyncProcessProtocol:
         protocol = RsyncProcessProtocol(channel, self.reactor, self.client_name)
-        argv = rsync_argv(self.rsync, self.rsyncd_conf)
+        argv = rsync_argv(self.rsync, self.rsyncd_conf,
+                          daemon_overrides(self.rsyncd_conf, self.euid))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             try:
@@ -259,3 +279,50 @@ class RsyncLauncher:
             theirs.close()
         channel.accept()
         return protocol
+
+
+def parse_rsync_version(output: str) -> tuple[str, str] | None:
+    """C{('3.2.7', '31')} from the first line of C{rsync --version}."""
+    match = re.search(r"rsync\s+version\s+v?(\S+)\s+protocol version (\d+)", output)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def log_daemon_identity(reactor: IReactorProcess, rsync: str, rsyncd_conf: Path,
+                        euid: int | None = None) -> Deferred:
+    """
+    Log, once at start, the rsync version and who each module reads files
+    as; fires with the lines logged (for tests).
+    """
+    log = Logger()
+    euid = os.geteuid() if euid is None else euid
+    try:
+        user = pwd.getpwuid(euid).pw_name
+    except KeyError:
+        user = f"uid {euid}"
+
+    def report(result):
+        out, _err, code = result
+        version = parse_rsync_version(out.decode("utf-8", "replace"))
+        lines = []
+        if version is None:
+            lines.append(f"{rsync} --version said no version (exit status {code})")
+        else:
+            lines.append(f"rsync {version[0]} (protocol {version[1]}) at {rsync}")
+        try:
+            global_settings, modules = read_rsyncd_conf(rsyncd_conf)
+        except ConfigError as e:
+            lines.append(str(e))
+        else:
+            for module, who in module_identities(global_settings, modules, euid, user).items():
+                lines.append(f"module {module} reads files as {who}")
+        for line in lines:
+            log.info("{line}", line=line)
+        return lines
+
+    def failed(failure):
+        log.warn("cannot run {rsync} --version: {error}", rsync=rsync,
+                 error=failure.getErrorMessage())
+        return [failure.getErrorMessage()]
+
+    d = getProcessOutputAndValue(rsync, ["--version"], env=rsync_environment(), reactor=reactor)
+    return d.addCallbacks(report, failed)

@@ -61,6 +61,9 @@ from bpctunnel.websocket_fast import FastBinaryMixin, forget_handshake
 TUNNEL_PATH = "/tunnel"
 #: Seconds between log lines about connections dropped at a limit.
 DROP_LOG_INTERVAL = 10.0
+#: Bounds on a client's announced module list (names as rsyncd.conf allows).
+MAX_MODULES = 256
+MAX_MODULE_NAME = 255
 
 
 @attrs.frozen
@@ -126,6 +129,9 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     connected_at: float | None = None
     certificate_expires = None
     last_backup: dict | None = None
+    #: The modules the client's rsyncd.conf serves, as it announced them
+    #: (None: a client from before that message).
+    served_modules: tuple[str, ...] | None = None
     #: C{"backup-now"} from C{bpctunnel backup-now}: if a tunnel for the
     #: host is already up, this connection only watches (see L{watching}).
     role: str = "tunnel"
@@ -292,6 +298,9 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     def _control(self, body: dict) -> None:
         if body.get("type") == "backup-request":
             self.factory.backup_desk.request(self, full=body.get("full") is True)
+        elif body.get("type") == "modules" and isinstance(body.get("modules"), list):
+            self.served_modules = tuple(
+                str(m)[:MAX_MODULE_NAME] for m in body["modules"][:MAX_MODULES])
         else:
             self._log.debug("ignoring control message {message_type} from {client_name}",
                             message_type=str(body.get("type"))[:40], client_name=self.host)

@@ -52,6 +52,7 @@ def tunnel_info(tunnel) -> dict:
         "bytes_to_client": mux.bytes_out,
         "bytes_from_client": mux.bytes_in,
         "last_backup": getattr(tunnel, "last_backup", None),
+        "modules": list(tunnel.served_modules) if tunnel.served_modules is not None else None,
     }
 
 

@@ -6,6 +6,7 @@ command with a real server, client and rsync.
 
 from __future__ import annotations
 
+import getpass
 import os
 import stat
 from pathlib import Path
@@ -15,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bpctunnel import admin, pki
+from bpctunnel import admin, health, pki
 from bpctunnel.admin import AdminError, Paths
 from bpctunnel.backuppc import authorize, read_hosts, read_perl_config
 from bpctunnel.client_config import find_rsync
@@ -47,6 +48,23 @@ class InitCaTests(SynchronousTestCase):
         pki.load_cert(paths.ca_cert)
         self.assertEqual(pki.common_name(server), "127.0.0.1")
         self.assertEqual(admin.server_url(paths), "wss://127.0.0.1:8443/tunnel")
+
+    def test_server_key_belongs_to_the_server_user(self):
+        """The server runs as BackupPC's user: init-ca gives it server.key, never ca.key."""
+        root = temp_dir(self)
+        paths = Paths(root / "certs", root)
+        admin.init_ca(paths, "backup.example.org", server_user="nobody")
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        key = (paths.certs / "server.key").stat()
+        self.assertEqual((key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)),
+                         (nobody.pw_uid, nobody.pw_gid, 0o600))
+        self.assertEqual((paths.ca_key.stat().st_uid, stat.S_IMODE(paths.ca_key.stat().st_mode)),
+                         (os.geteuid(), 0o600))
+        e = self.assertRaises(AdminError, admin.init_ca, paths, "x", force=True,
+                              server_user="no-such-user-here")
+        self.assertIn("no such user", str(e))
 
     def test_refuses_to_overwrite(self):
         paths = fresh_paths(self)
@@ -106,10 +124,68 @@ class RegisterTests(SynchronousTestCase):
         self.assertEqual(settings.port, 64701)
         self.assertEqual(stat.S_IMODE((result.bundle / "laptop1.key").stat().st_mode), 0o600)
         self.assertIn("server = wss://127.0.0.1:8443/tunnel",
-                      (result.bundle / "laptop1.conf").read_text())
+                      (result.bundle / "client.conf").read_text())
         template = (result.bundle / "rsyncd.conf").read_text()
         self.assertIn("[My Music]", template)
         self.assertIn("read only = yes", template)
+
+    def test_ping_max_msec_for_distant_laptops(self):
+        """BackupPC's default PingMaxMsec (20 ms) would skip a laptop 30 ms away forever."""
+        result = self.register("laptop1")
+        self.assertEqual(read_perl_config(result.config_path).get("PingMaxMsec"),
+                         str(admin.TUNNEL_PING_MAX_MSEC))
+        self.paths.conf.joinpath("laptop2.pl").write_text("$Conf{PingMaxMsec} = 500;\n")
+        result = self.register("laptop2")
+        self.assertEqual(read_perl_config(result.config_path).get("PingMaxMsec"), "500")
+
+    def test_new_host_config_is_like_config_pl(self):
+        """A new host config gets config.pl's owner, group and mode, so BackupPC can read it."""
+        config_pl = self.paths.config_pl
+        config_pl.write_text("$Conf{BackupPCUser} = 'backuppc';\n")
+        os.chmod(config_pl, 0o604)
+        os.chown(config_pl, 4242, 4343)
+        result = self.register("laptop1")
+        st = result.config_path.stat()
+        self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (4242, 4343, 0o604))
+        # An existing file keeps its own.
+        os.chmod(result.config_path, 0o640)
+        self.register("laptop1", shares=("other",))
+        self.assertEqual(stat.S_IMODE(result.config_path.stat().st_mode), 0o640)
+
+    def test_added_share_says_what_the_laptop_must_serve(self):
+        self.register("laptop1", shares=("documents",))
+        result = self.register("laptop1", shares=("documents", "music"))
+        advice = [m for m in result.messages if "music" in m]
+        self.assertEqual(len(advice), 1, result.messages)
+        self.assertIn("[music]", advice[0])
+        self.assertIn("Unknown module", advice[0])
+        self.assertIn("bpctunnel check laptop1", advice[0])
+        again = self.register("laptop1", shares=("documents", "music"))
+        self.assertFalse([m for m in again.messages if "expects module" in m])
+
+    def test_add_host_reloads_backuppc(self):
+        """--add-host asks BackupPC to reread its hosts file, or says how to."""
+        import pwd
+
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        self.paths.config_pl.write_text(f"$Conf{{BackupPCUser}} = '{me}';\n")
+        fake = self.out / "BackupPC_serverMesg"
+        fake.write_text("#!/bin/sh\necho \"$@\" >> \"$0.args\"\necho ok\n")
+        fake.chmod(0o755)
+        result = self.register("laptop1", server_mesg=str(fake))
+        self.assertIn("BackupPC read the new hosts file (BackupPC_serverMesg server reload)",
+                      result.messages)
+        self.assertEqual(Path(f"{fake}.args").read_text(), "server reload\n")
+        result = self.register("laptop2")
+        self.assertIn("server reload", result.messages[-1])
+        self.assertIn(f"sudo -u {me} ", result.messages[-1])
+
+    def test_failure_writes_nothing(self):
+        """A name that fails at the certificate leaves the hosts file as it was."""
+        before = self.paths.hosts.read_text()
+        self.assertRaises(Exception, self.register, "a" * 70)
+        self.assertEqual(self.paths.hosts.read_text(), before)
+        self.assertFalse(list(self.paths.conf.glob("a*.pl")))
 
     def test_not_in_hosts_without_add_host(self):
         e = self.assertRaises(AdminError, self.register, "laptop1", add_host=False)
@@ -219,6 +295,50 @@ class CheckTests(SynchronousTestCase):
     def test_clean(self):
         self.assertEqual(self.problems(), [])
 
+    def test_unreadable_for_backuppc(self):
+        """Run as root, check still sees what BackupPC's user cannot read."""
+        from bpctunnel.permissions import Account
+
+        nobody = Account.named("nobody")
+        os.chmod(self.config, 0o640)
+        os.chown(self.config, 0, 0)
+        os.chmod(self.paths.conf, 0o755)
+        os.chmod(self.paths.conf.parent, 0o755)
+        os.chmod(self.paths.certs, 0o755)
+        for folder in self.paths.conf.parents:
+            self.assertEqual(os.stat(folder).st_mode & 0o001, 0o001, folder)
+        problems = [p.message for r in inspect_hosts(self.paths, [nobody]) for p in r.problems]
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn(f"nobody cannot read {self.config} (root:root 0640)", problems[0])
+        self.assertIn("Can't read PC's config file", problems[0])
+        os.chmod(self.config, 0o644)
+        self.assertEqual([p for r in inspect_hosts(self.paths, [nobody]) for p in r.problems], [])
+        os.chmod(self.paths.certs / "server.key", 0o600)
+        server = [p.message for p in health.inspect_server(self.paths, [nobody])]
+        self.assertEqual(len(server), 1, server)
+        self.assertIn("server.key", server[0])
+
+    def test_ping_max_msec(self):
+        """BackupPC's 20 ms default is flagged; so is a live round trip above the setting."""
+        self.replace("$Conf{PingMaxMsec} = 2000;", "")
+        self.assertProblem("$Conf{PingMaxMsec} is 20 ms for laptop1")
+        self.paths.config_pl.write_text("$Conf{PingMaxMsec} = 300;\n")
+        self.assertEqual(self.problems(), [])
+        report = inspect_hosts(self.paths)[0]
+        self.assertEqual(health.live_problems(report, {"modules": ["docs"]}, 120.0), [])
+        slow = health.live_problems(report, {"modules": ["docs"]}, 350.0)
+        self.assertEqual(len(slow), 1)
+        self.assertIn("round trip through laptop1's tunnel is 350 ms, above its "
+                      "$Conf{PingMaxMsec} of 300 ms", slow[0].message)
+
+    def test_missing_module(self):
+        report = inspect_hosts(self.paths)[0]
+        self.assertEqual(health.live_problems(report, {"modules": None}, None), [])
+        missing = health.live_problems(report, {"modules": ["photos"]}, None)
+        self.assertEqual(len(missing), 1)
+        self.assertIn("expects module(s) docs that the laptop does not serve (it serves: photos)",
+                      missing[0].message)
+
     def test_missing_from_hosts(self):
         self.paths.hosts.write_text(HOSTS_HEADER)
         self.assertProblem("laptop1 is not in")
@@ -295,6 +415,8 @@ class ThreeCommandSetupTests(TestCase):
         certs, conf, bundle = root / "certs", root / "backuppc", root / "bundle"
         conf.mkdir()
         (conf / "hosts").write_text(HOSTS_HEADER)
+        # This BackupPC runs as the test's user, who reads these temporary folders.
+        (conf / "config.pl").write_text(f"$Conf{{BackupPCUser}} = '{getpass.getuser()}';\n")
         logs = LogCapture(self)
         code, out = yield run_cli(self, "init-ca", "--certs", str(certs), "127.0.0.1")
         self.assertEqual(code, 0, out)
@@ -311,7 +433,7 @@ class ThreeCommandSetupTests(TestCase):
         source = make_sample_tree(root / "documents")
         rsyncd = bundle / "rsyncd.conf"
         rsyncd.write_text(rsyncd.read_text().replace("/CHANGE/ME/docs", str(source)))
-        client = start_client(reactor, bundle / "laptop1.conf")
+        client = start_client(reactor, bundle / "client.conf")
         self.addCleanup(client.stop)
         yield client.events.next("open").addTimeout(TIMEOUT, reactor)
         dest = temp_dir(self)
@@ -319,13 +441,27 @@ class ThreeCommandSetupTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertEqual((yield deferToThread(tree_digest, dest)),
                          (yield deferToThread(tree_digest, source)))
+
+        # A share the laptop does not serve: check names it while the tunnel is up.
+        live = ["--certs", str(certs), "--backuppc-conf", str(conf), "--api", server.api_url]
+        code, out = yield run_cli(self, "check", "laptop1", *live)
+        self.assertEqual(code, 0, out)
+        code, out = yield run_cli(self, "register-client", "laptop1", "--share", "docs",
+                                  "--share", "music", "--out", str(bundle), *live[:4],
+                                  "--server-url", server.url)
+        self.assertEqual(code, 0, out)
+        self.assertIn("BackupPC now expects module(s) music from laptop1", out)
+        code, out = yield run_cli(self, "check", "laptop1", *live)
+        self.assertEqual(code, 1, out)
+        self.assertIn("BackupPC expects module(s) music that the laptop does not serve "
+                      "(it serves: docs)", out)
         yield client.stop()
 
         # Revoked: refused with 'fingerprint mismatch'.
         code, out = yield run_cli(self, "revoke", "laptop1", "--certs", str(certs),
                                   "--backuppc-conf", str(conf))
         self.assertEqual(code, 0, out)
-        old = start_client(reactor, bundle / "laptop1.conf")
+        old = start_client(reactor, bundle / "client.conf")
         self.addCleanup(old.stop)
         refusal = yield old.events.next("closed").addTimeout(TIMEOUT, reactor)
         yield old.stop()
@@ -343,7 +479,7 @@ class ThreeCommandSetupTests(TestCase):
                                   "--server-url", server.url)
         self.assertEqual(code, 0, out)
         self.assertNotEqual((bundle / "laptop1.crt").read_bytes(), old_cert)
-        new = start_client(reactor, bundle / "laptop1.conf")
+        new = start_client(reactor, bundle / "client.conf")
         self.addCleanup(new.stop)
         yield new.events.next("open").addTimeout(TIMEOUT, reactor)
         yield new.stop()
@@ -354,9 +490,9 @@ class ThreeCommandSetupTests(TestCase):
             (stale / name).write_bytes(data)
         (stale / "ca.crt").write_bytes((bundle / "ca.crt").read_bytes())
         (stale / "rsyncd.conf").write_text(rsyncd.read_text())
-        (stale / "laptop1.conf").write_text((bundle / "laptop1.conf").read_text())
+        (stale / "client.conf").write_text((bundle / "client.conf").read_text())
         os.chmod(stale / "laptop1.key", 0o600)
-        stale_client = start_client(reactor, stale / "laptop1.conf")
+        stale_client = start_client(reactor, stale / "client.conf")
         self.addCleanup(stale_client.stop)
         refusal = yield stale_client.events.next("closed").addTimeout(TIMEOUT, reactor)
         self.assertTrue(refusal.startswith("fingerprint mismatch for laptop1"), refusal)

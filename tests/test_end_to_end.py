@@ -5,6 +5,8 @@ End-to-end tests: real TLS with real certificates, real sockets on
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -17,6 +19,7 @@ from twisted.trial.unittest import TestCase
 from bpctunnel import pki
 from bpctunnel.client_config import find_rsync
 from bpctunnel.demo import rsync_pull
+from bpctunnel.rsync_bridge import log_daemon_identity
 from bpctunnel.sandbox import (
     Sandbox,
     free_port,
@@ -94,6 +97,46 @@ class TunnelTestCase(TestCase):
 
         self.server.factory.observers.append(observer)
         return d.addTimeout(TIMEOUT, reactor)
+
+
+class RootClientTests(TunnelTestCase):
+    """
+    A client run by root reads every file of its modules, whatever the rsync
+    version (3.2.x and 3.5.0 switch to nobody in a module without uid/gid).
+    """
+
+    @inlineCallbacks
+    def test_reads_another_users_private_file(self):
+        self.assertEqual(os.geteuid(), 0, "this test needs root, as CI runs it")
+        source = self.root / "home-of-4242"
+        source.mkdir(mode=0o700)
+        secret = source / "secret.txt"
+        secret.write_text("only its owner and root may read this\n")
+        os.chmod(secret, 0o600)
+        os.chown(secret, 4242, 4242)
+        os.chown(source, 4242, 4242)
+        client, port, _ = yield self.connected_client("laptop1", {"documents": source})
+        want = yield self.pull_and_compare(port, "documents", source)
+        self.assertIn("secret.txt", want)
+        tunnel = self.server.factory.registry.get("laptop1")
+        self.assertEqual(tunnel.served_modules, ("documents",))
+
+    @inlineCallbacks
+    def test_start_up_log(self):
+        """The client says which rsync it runs and whom each module reads as."""
+        source = self.root / "docs"
+        source.mkdir()
+        conf = self.root / "rsyncd.conf"
+        conf.write_text(f"[documents]\n path = {source}\n[music]\n path = {source}\n"
+                        f" uid = nobody\n gid = nogroup\n")
+        lines = yield log_daemon_identity(reactor, self.rsync, conf, euid=0)
+        self.assertRegex(lines[0], r"^rsync \d+\.\d+\.\d+\S* \(protocol \d+\) at ")
+        self.assertEqual(lines[1:], ["module documents reads files as root",
+                                     "module music reads files as nobody:nogroup"])
+        lines = yield log_daemon_identity(reactor, self.rsync, conf, euid=os.getuid() or 65534)
+        user = pwd.getpwuid(os.getuid() or 65534).pw_name
+        self.assertEqual(lines[1:], [f"module documents reads files as {user}",
+                                     f"module music reads files as {user}"])
 
 
 class TransferTests(TunnelTestCase):
