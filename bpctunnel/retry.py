@@ -5,8 +5,9 @@ Twisted's C{ClientService} counts failed TCP connections, but a tunnel the
 server refuses is a TCP connection that succeeded; so the policy also counts
 tunnels that closed before they opened.  A refusal only the BackupPC admin can
 fix (C{unknown host}, C{fingerprint mismatch}, ...) backs off to the cap at
-once: hammering the server would not help.  Jitter (+-50%) spreads a fleet's
-reconnections after a server restart.
+once: hammering the server would not help.  Jitter (each wait is between half
+and all of its delay) spreads a fleet's reconnections after a server restart,
+and never takes a wait past the cap.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class RetryPolicy:
         else:
             n = max(attempt, self.failed_tunnels, 1)
             base = min(self.initial * self.factor ** min(n - 1, 64), self.maximum)
-        return base * (0.5 + self.random())
+        return base * (0.5 + 0.5 * self.random())
 
     def tunnel_opened(self) -> None:
         """A tunnel came up: start from the first delay next time."""

@@ -10,6 +10,7 @@ from bpctunnel.allocator import keep_bulk_buffers
 from bpctunnel.client import client_tls, make_client_service
 from bpctunnel.client_config import load_client_config
 from bpctunnel.errors import BpcTunnelError
+from bpctunnel.twistd_options import PluginOptions
 
 LONGDESC = """\
 Keeps one outbound WebSocket (mutual TLS) to the bpctunnel server up, and for
@@ -37,7 +38,9 @@ Relative paths are relative to FILE's folder; the options below override it.
 """
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    command = "bpctunnel-client"
+
     """Command-line options of C{twistd bpctunnel-client}."""
 
     longdesc = LONGDESC

@@ -20,6 +20,7 @@ from bpctunnel.listen_address import parse_listen
 from bpctunnel.server import ServerSettings, TunnelEndpoint, TunnelServerFactory
 from bpctunnel.status import make_api_site
 from bpctunnel.tls import server_tls_options
+from bpctunnel.twistd_options import PluginOptions
 
 LONGDESC = """\
 Accepts laptops' tunnels over WebSocket with mutual TLS (TLS 1.3) and, while
@@ -39,7 +40,9 @@ The BackupPC files are read afresh for every new tunnel.
 """
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    command = "bpctunnel-server"
+
     """Command-line options of C{twistd bpctunnel-server}."""
 
     longdesc = LONGDESC

@@ -136,7 +136,9 @@ def receive(total: int, rate: float, first: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "--daemon" or not argv[1].startswith("--config="):
+    options = argv[2:]   # the client's --dparam overrides, which a stand-in ignores
+    if (len(argv) < 2 or argv[0] != "--daemon" or not argv[1].startswith("--config=")
+            or not all(o.startswith("--dparam=") for o in options)):
         print(f"fake rsync: unexpected arguments {argv!r}", file=sys.stderr)
         return 2
     words, rest = _read_header()

@@ -5,6 +5,7 @@ startup errors, the demo, and a server and client started by twistd.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -61,6 +62,35 @@ class StartupErrorTests(TestCase):
         self.assertNotEqual(process.exit_code, 0)
         self.assertIn(words, process.text)
         self.assertNotIn("Traceback (most recent call last)", process.text)
+        # The error alone, not after the whole --help.
+        self.assertNotIn("Options:", process.text)
+        self.assertLessEqual(len(process.text.strip().splitlines()), 2, process.text)
+
+    def test_unknown_option(self):
+        return self.assertStartupError("option --bogus not recognized",
+                                       *self.server("--bogus"))
+
+    def test_no_pidfile_where_none_can_be_written(self):
+        """twistd's default twistd.pid is dropped in a folder we may not write."""
+        from twisted.scripts.twistd import ServerOptions
+
+        from bpctunnel import twistd_options
+
+        config = self.sandbox.write_client_config(self.sandbox.issue_client("laptop1"),
+                                                  "wss://127.0.0.1:1/tunnel", {}, "rsync")
+        writable = {True}
+        self.patch(twistd_options, "writable", lambda folder: writable.pop() if writable
+                   else False)
+        options = ServerOptions()
+        options.parseOptions(["-n", "bpctunnel-client", "--config", str(config)])
+        self.assertEqual(options["pidfile"], os.path.abspath("twistd.pid"))
+        options = ServerOptions()
+        options.parseOptions(["-n", "bpctunnel-client", "--config", str(config)])
+        self.assertEqual(options["pidfile"], "")
+        options = ServerOptions()
+        options.parseOptions(["-n", "--pidfile", "/run/x.pid", "bpctunnel-client",
+                              "--config", str(config)])
+        self.assertEqual(options["pidfile"], "/run/x.pid")
 
     def server(self, *extra):
         return ["bpctunnel-server", "--listen", "127.0.0.1:0", "--api-listen",

@@ -9,19 +9,27 @@ from bpctunnel.retry import RetryPolicy, needs_admin
 class RetryPolicyTests(SynchronousTestCase):
     """Exponential backoff with jitter, a cap, and the cap at once for admin refusals."""
 
-    def policy(self, jitter=0.5):
+    def policy(self, jitter=1.0):
         return RetryPolicy(initial=1.0, maximum=300.0, random=lambda: jitter)
 
     def test_exponential_to_cap(self):
-        """1, 2, 4, ... seconds, never above the cap (jitter 0.5 means none)."""
+        """1, 2, 4, ... seconds, never above the cap (jitter 1.0 is the whole delay)."""
         policy = self.policy()
         self.assertEqual([policy(n) for n in (1, 2, 3, 4, 9, 10, 50)],
                          [1.0, 2.0, 4.0, 8.0, 256.0, 300.0, 300.0])
 
     def test_jitter_spreads(self):
-        """Jitter scales the delay by 0.5 to 1.5, so a fleet doesn't retry in step."""
+        """Jitter scales the delay by 0.5 to 1, so a fleet doesn't retry in step."""
         self.assertEqual(self.policy(jitter=0.0)(3), 2.0)
-        self.assertEqual(self.policy(jitter=1.0)(3), 6.0)
+        self.assertEqual(self.policy(jitter=0.5)(3), 3.0)
+
+    def test_never_past_the_cap(self):
+        """The README promises at most retry_max between tries, jitter included."""
+        for jitter in (0.0, 0.5, 0.999999):
+            policy = self.policy(jitter)
+            policy.tunnel_failed("fingerprint mismatch for laptop1: ...")
+            self.assertLessEqual(policy(1), 300.0)
+            self.assertLessEqual(self.policy(jitter)(40), 300.0)
 
     def test_refused_tunnels_count(self):
         """Tunnels that closed before opening grow the delay though TCP connected."""
