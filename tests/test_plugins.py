@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 
 from twisted.internet import reactor
@@ -19,6 +20,7 @@ from bpctunnel.client_config import find_rsync
 from bpctunnel.demo import rsync_pull
 from bpctunnel.sandbox import Sandbox, free_port, make_sample_tree, tree_digest
 from tests.helpers import TIMEOUT, spawn, temp_dir, twistd
+from tests.old_rsync import rsync_3_2_7
 
 
 class HelpTests(TestCase):
@@ -176,6 +178,23 @@ class DemoTests(TestCase):
         self.assertEqual(code, 0, process.text)
         self.assertIn("6. All 14 entries", process.text)
         self.assertIn("arrived byte-identical", process.text)
+        self.assertIn("Demo succeeded.", process.text)
+
+    @inlineCallbacks
+    def test_demo_as_root_with_rsync_3_2_7(self):
+        """
+        rsync 3.2.7 (Debian 12 without updates) run by root reads a module
+        without uid/gid as nobody; the demo's 0700 folder then failed.
+        """
+        self.assertEqual(os.geteuid(), 0, "this test needs root, as CI runs it")
+        old = yield deferToThread(rsync_3_2_7)
+        version = yield deferToThread(subprocess.run, [str(old), "--version"],
+                                      capture_output=True, text=True)
+        self.assertIn("version 3.2.7 ", version.stdout)
+        process = spawn(self, ["/usr/bin/env", f"PATH={old.parent}:/usr/bin:/bin",
+                               sys.executable, "-m", "bpctunnel", "demo"])
+        code = yield process.ended
+        self.assertEqual(code, 0, process.text)
         self.assertIn("Demo succeeded.", process.text)
 
     @inlineCallbacks
