@@ -282,7 +282,8 @@ def reload_backuppc(paths: Paths, server_mesg: str | None) -> str:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"could not ask BackupPC to reload ({e}); {manual}"
-    if result.returncode != 0 or not result.stdout.startswith("ok"):
+    # BackupPC_serverMesg prints the daemon's answer after "Got reply: ".
+    if result.returncode != 0 or not result.stdout.removeprefix("Got reply: ").startswith("ok"):
         said = (result.stdout + result.stderr).strip().splitlines()
         return (f"BackupPC did not reload ({said[-1] if said else f'status {result.returncode}'}"
                 f"); {manual}")

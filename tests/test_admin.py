@@ -170,7 +170,7 @@ class RegisterTests(SynchronousTestCase):
         me = pwd.getpwuid(os.geteuid()).pw_name
         self.paths.config_pl.write_text(f"$Conf{{BackupPCUser}} = '{me}';\n")
         fake = self.out / "BackupPC_serverMesg"
-        fake.write_text("#!/bin/sh\necho \"$@\" >> \"$0.args\"\necho ok\n")
+        fake.write_text("#!/bin/sh\necho \"$@\" >> \"$0.args\"\necho 'Got reply: ok'\n")
         fake.chmod(0o755)
         result = self.register("laptop1", server_mesg=str(fake))
         self.assertIn("BackupPC read the new hosts file (BackupPC_serverMesg server reload)",
