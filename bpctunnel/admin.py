@@ -424,6 +424,11 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
         # command must name the host itself.
         ping = f"{bpctunnel or bpctunnel_path()} ping {host}"
         edits.append(lambda t: confedit.set_setting(t, "PingCmd", ping, str(config_path)))
+    if not (config and config.get("DumpPostUserCmd")) and not backuppc_setting(
+            paths, "DumpPostUserCmd"):
+        # How `bpctunnel backup-now` on the laptop learns BackupPC's verdict.
+        done = f"{bpctunnel or bpctunnel_path()} backup-done $client $xferOK"
+        edits.append(lambda t: confedit.set_setting(t, "DumpPostUserCmd", done, str(config_path)))
     if edit_host_config(config_path, edits, like=paths.config_pl):
         messages.append(f"updated {config_path}: TunnelCert:sha256:{fingerprint[:16]}..., "
                         f"RsyncdClientPort {port}")

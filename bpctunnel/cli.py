@@ -108,8 +108,12 @@ class RegisterOptions(_Paths):
     longdesc = ("Issues a client certificate (CN = HOST) and writes HOST's tunnel settings into "
                 "its BackupPC host config (TunnelCert in ClientComment, XferMethod rsyncd, "
                 "ClientNameAlias 127.0.0.1, RsyncdClientPort, a RsyncdPasswd placeholder, "
-                "RsyncShareName, and a PingCmd 'bpctunnel ping HOST' unless it has one), "
-                "keeping every other line.  Writes a client bundle: HOST.conf, "
+                "RsyncShareName, PingMaxMsec 2000 (BackupPC's 20 ms would skip any distant "
+                "laptop), and unless it has them a PingCmd 'bpctunnel ping HOST' and a "
+                "DumpPostUserCmd 'bpctunnel backup-done $client $xferOK'), keeping every other "
+                "line; a new host config gets config.pl's owner, group and mode.  With "
+                "--add-host, asks BackupPC to reread its hosts file.  Writes a client bundle: "
+                "client.conf, "
                 "ca.crt, HOST.crt, HOST.key (unless --csr) and an rsyncd.conf template.  "
                 "Running it again with a bundle that is still good changes nothing.")
     optParameters = [

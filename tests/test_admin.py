@@ -117,6 +117,8 @@ class RegisterTests(SynchronousTestCase):
         self.assertEqual(config.get("RsyncdPasswd"), admin.RSYNCD_PASSWD_PLACEHOLDER)
         self.assertEqual(config.get("ClientComment"), f"TunnelCert:sha256:{result.fingerprint}")
         self.assertEqual(config.get("PingCmd"), "/opt/bpctunnel/bin/bpctunnel ping laptop1")
+        self.assertEqual(config.get("DumpPostUserCmd"),
+                         "/opt/bpctunnel/bin/bpctunnel backup-done $client $xferOK")
         self.assertIn("laptop1", read_hosts(self.paths.hosts))
         cert = pki.load_cert(result.bundle / "laptop1.crt")
         self.assertEqual(pki.fingerprint_sha256(cert), result.fingerprint)
@@ -128,6 +130,12 @@ class RegisterTests(SynchronousTestCase):
         template = (result.bundle / "rsyncd.conf").read_text()
         self.assertIn("[My Music]", template)
         self.assertIn("read only = yes", template)
+
+    def test_own_dump_post_user_cmd_kept(self):
+        """A DumpPostUserCmd of the host's or of config.pl is not replaced."""
+        self.paths.config_pl.write_text("$Conf{DumpPostUserCmd} = '/usr/local/bin/notify';\n")
+        result = self.register("laptop1")
+        self.assertIsNone(read_perl_config(result.config_path).get("DumpPostUserCmd"))
 
     def test_ping_max_msec_for_distant_laptops(self):
         """BackupPC's default PingMaxMsec (20 ms) would skip a laptop 30 ms away forever."""
