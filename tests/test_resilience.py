@@ -7,6 +7,7 @@ overlong carried connections.
 
 from __future__ import annotations
 
+import os
 import signal
 
 from twisted.internet import reactor
@@ -208,6 +209,26 @@ class HandshakeTimeoutTests(TunnelTestCase):
         yield self.pull_and_compare(port, "m", good)
 
 
+def process_tree(pid: int) -> list[int]:
+    """C{pid} and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 class NoStarvationTests(TunnelTestCase):
     """
     One carried connection whose reader has stopped reading cannot starve the
@@ -251,10 +272,16 @@ class NoStarvationTests(TunnelTestCase):
         reactor.spawnProcess(frozen, self.rsync, [self.rsync, "-a", f"rsync://127.0.0.1:{port}/big/",
                                                   f"{dest}/"], env={})
         channel = yield flowing.addTimeout(TIMEOUT, reactor)
-        frozen.transport.signalProcess(signal.SIGSTOP)
+        # rsync's receiver is a child of the process we started: stop both,
+        # or the receiver keeps reading and the "frozen" pull completes.
+        tree = process_tree(frozen.transport.pid)
+        self.assertGreaterEqual(len(tree), 2, "rsync's receiver has not forked yet")
+        for pid in tree:
+            os.kill(pid, signal.SIGSTOP)
         self.addCleanup(lambda: ended)
         self.addCleanup(frozen.transport.signalProcess, "KILL")
-        self.addCleanup(frozen.transport.signalProcess, signal.SIGCONT)
+        for pid in tree:
+            self.addCleanup(os.kill, pid, signal.SIGCONT)
 
         yield self.pull_and_compare(port, "small", small)
         yield self.pull_and_compare(other_port, "small", small)
