@@ -8,6 +8,15 @@ until the backup ends); if the long-running client has the tunnel, the
 server lets this connection follow it.  The server asks BackupPC for the
 backup, reports progress every second, and passes on the result that
 BackupPC's C{$Conf{DumpPostUserCmd}} (C{bpctunnel backup-done}) reports.
+
+Exit statuses: 0 BackupPC reports success and the laptop's rsync read every
+file; 1 BackupPC reports a failure, the tunnel broke, or BackupPC reports
+success but the laptop's rsync could not read some files (the backup is
+incomplete: an admin must not take it for a full one; the output names
+them); 2 the request could not be made (refused, unreachable, BackupPC
+declined it or, after taking it, did not start the backup: no ping, ping too
+slow, nothing due; the output gives BackupPC's reason); 3 no result in time.
+Files that vanished during the backup are named but keep status 0.
 """
 
 from __future__ import annotations
@@ -199,16 +208,32 @@ class BackupNow:
 
     def _backup_done(self, body: dict) -> None:
         detail = str(body.get("detail") or "")
+        if body.get("started") is False:
+            # BackupPC ran its job and backed nothing up; detail is its reason.
+            status = NOT_STARTED if body.get("reason") in DECLINED else FAILED
+            self._finish(status, f"{detail or 'BackupPC did not start the backup'}; "
+                                 f"see BackupPC's log for {self.config.host}")
+            return
         modules = ", ".join(str(m) for m in body.get("modules") or ())
         if modules:
             sent = human_bytes(int(body.get("bytes_from_client") or 0))
             self.display.say(f"{self.config.host}: {sent} sent from module(s) {modules}")
-        if body.get("ok"):
+        unreadable = files_line(body, "unreadable")
+        vanished = files_line(body, "vanished")
+        if vanished:
+            self.display.say(f"{self.config.host}: during the backup, {vanished}")
+        if body.get("ok") and unreadable:
+            self._finish(FAILED, "BackupPC reports the backup succeeded"
+                                 + (f" ({detail})" if detail else "")
+                                 + f" with {unreadable}; the laptop's rsync could not read "
+                                   f"them, so the backup is incomplete")
+        elif body.get("ok"):
             self._finish(OK, "BackupPC reports the backup succeeded"
                              + (f": {detail}" if detail else ""))
         else:
             self._finish(FAILED, "BackupPC reports the backup failed"
                                  + (f": {detail}" if detail else "")
+                                 + (f", with {unreadable}" if unreadable else "")
                                  + f"; see BackupPC's log for {self.config.host}")
 
     def _tunnel_closed(self, protocol, reason) -> None:
@@ -245,6 +270,29 @@ class BackupNow:
         self._cancel_timers()
         if not self.result.called:
             self.result.callback(self._outcome)
+
+
+#: C{backup-done} reasons of a backup BackupPC decided not to run.
+DECLINED = ("no_ping", "nothing_to_do")
+
+
+def files_line(body: dict, kind: str) -> str:
+    """
+    C{'3 files unreadable: a, b, c'} from a C{backup-done}'s C{kind}
+    (C{unreadable} or C{vanished}) names and count; C{''} if none.
+    """
+    count = body.get(f"{kind}_count")
+    names = [str(n) for n in body.get(kind) or () if isinstance(n, str)]
+    if not isinstance(count, int) or isinstance(count, bool) or count < len(names):
+        count = len(names)
+    if not count:
+        return ""
+    line = f"{count} file{'s' if count != 1 else ''} {kind}"
+    if names:
+        line += ": " + ", ".join(names)
+        if count > len(names):
+            line += f" and {count - len(names)} more"
+    return line
 
 
 def stream_is_terminal(stream: TextIO) -> bool:

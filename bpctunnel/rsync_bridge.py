@@ -12,6 +12,20 @@ stderr instead: BackupPC never saw them, and recorded a restore that wrote
 nothing as a good one.
 
 No rsync port is ever opened on the laptop and no rsync password is needed.
+
+BackupPC counts the files rsync could not send only after its
+C{DumpPostUserCmd} has run, so the laptop counts them itself: each daemon
+writes its log to a pipe we read (C{--dparam=logfile=/dev/fd/3}, with fd 3
+our pipe; rsync still opens it as a path, by name, before it drops
+privileges), L{TransferProblems} picks out the files it could not read
+(C{send_files failed to open}, C{opendir ... failed}, ...) and those that
+vanished, and when the daemon exits the client logs them on its summary
+line and sends the server C{{"type": "transfer-report", "module": str,
+"unreadable": [names], "unreadable_count": int, "vanished": [names],
+"vanished_count": int}} (only if there were any; at most
+L{bpctunnel.rsync_log.MAX_NAMES} names of each kind).  A global C{log file}
+in rsyncd.conf still gets every line (we append what we read); a module that sets its own C{log file} takes its
+lines there instead, and its unreadable files go unreported.
 """
 
 from __future__ import annotations
@@ -31,31 +45,47 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bpctunnel import framing
 from bpctunnel.bulk_io import release_and_close, tune_for_bulk
 from bpctunnel.errors import ConfigError
 from bpctunnel.greeting import ModuleSniffer
 from bpctunnel.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
+from bpctunnel.rsync_log import MAX_LOG_LINE, TransferProblems
 from bpctunnel.rsyncd_conf import identity_overrides, module_identities, read_rsyncd_conf
 
 #: Seconds rsync may keep running after BackupPC has gone away.
 KILL_GRACE = 10.0
-
-
+#: The daemon's file descriptor for its log: a pipe we read.
+LOG_FD = 3
+LOG_OVERRIDE = f"--dparam=logfile=/dev/fd/{LOG_FD}"
 def rsync_argv(rsync: str, rsyncd_conf: Path, overrides=()) -> list[str]:
     """
     The one command the client ever runs, whatever the server sends;
-    C{overrides} are C{--dparam} options of ours (L{identity_overrides}).
+    C{overrides} are C{--dparam} options of ours (L{daemon_overrides}).
     """
     return [rsync, "--daemon", f"--config={rsyncd_conf}", *overrides]
 
 
 def daemon_overrides(rsyncd_conf: Path, euid: int) -> list[str]:
-    """L{identity_overrides} for the rsyncd.conf as it is now (rsync reports a bad one)."""
+    """
+    L{identity_overrides} for the rsyncd.conf as it is now (rsync reports a
+    bad one), and the daemon's log to our pipe (L{LOG_FD}).
+    """
     try:
         global_settings, _ = read_rsyncd_conf(rsyncd_conf)
     except ConfigError:
         global_settings = {}
-    return identity_overrides(global_settings, euid)
+    return [*identity_overrides(global_settings, euid), LOG_OVERRIDE]
+
+
+def user_log_file(rsyncd_conf: Path) -> Path | None:
+    """The global C{log file} of rsyncd.conf, which our override replaces, if any."""
+    try:
+        global_settings, _ = read_rsyncd_conf(rsyncd_conf)
+    except ConfigError:
+        return None
+    name = global_settings.get("logfile", "")
+    return Path(name) if name else None
 
 
 def rsync_environment() -> dict[str, str]:
@@ -105,8 +135,14 @@ class RsyncProcessProtocol(ProcessProtocol):
 
     log = Logger()
 
-    def __init__(self, channel: Channel, clock: IReactorTime, client_name: str = ""):
+    def __init__(self, channel: Channel, clock: IReactorTime, client_name: str = "",
+                 log_file: Path | None = None):
         self.channel = channel
+        self.problems = TransferProblems()
+        self._log_buffer = b""
+        #: rsyncd.conf's own global log file, which gets each line we read.
+        self.log_file = log_file
+        self._log_file_failed = False
         self.clock = clock
         self.client_name = client_name
         self.pid = None
@@ -145,6 +181,30 @@ class RsyncProcessProtocol(ProcessProtocol):
             *lines, self._stderr = self._stderr.split(b"\n")
             for line in lines:
                 self._log_stderr(line)
+        elif childFD == LOG_FD:
+            self._log_buffer += data
+            *lines, self._log_buffer = self._log_buffer.split(b"\n")
+            if len(self._log_buffer) > MAX_LOG_LINE:
+                # A line without end: keep its start, as a line of its own.
+                lines.append(self._log_buffer[:MAX_LOG_LINE])
+                self._log_buffer = b""
+            self._daemon_log(lines)
+
+    def _daemon_log(self, lines: list[bytes]) -> None:
+        texts = [line.decode("utf-8", "replace").rstrip() for line in lines]
+        texts = [text for text in texts if text]
+        for text in texts:
+            self.problems.add_line(text)
+            self.log.debug("rsyncd on channel {channel_id}: {line}",
+                           channel_id=self.channel.channel_id, line=text)
+        if texts and self.log_file is not None and not self._log_file_failed:
+            try:
+                with self.log_file.open("a", encoding="utf-8") as f:
+                    f.write("".join(text + "\n" for text in texts))
+            except OSError as e:
+                self._log_file_failed = True
+                self.log.warn("cannot append rsync's log to {path}: {error}",
+                              path=str(self.log_file), error=e.strerror)
 
     def _log_stderr(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()
@@ -161,14 +221,19 @@ class RsyncProcessProtocol(ProcessProtocol):
         if self._stderr:
             self._log_stderr(self._stderr)
             self._stderr = b""
+        if self._log_buffer:
+            self._daemon_log([self._log_buffer])
+            self._log_buffer = b""
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
         value = reason.value
         self.exit_code = getattr(value, "exitCode", None)
         signal = getattr(value, "signal", None)
-        self.log.info(
+        problems = self.problems.summary()
+        emit = self.log.warn if problems else self.log.info
+        emit(
             "rsync[{pid}] for channel {channel_id} exited {how}: module {module}, "
-            "{bytes_out} bytes sent, {bytes_in} bytes received in {duration:.1f} s",
+            "{bytes_out} bytes sent, {bytes_in} bytes received in {duration:.1f} s{problems}",
             pid=self.pid,
             channel_id=self.channel.channel_id,
             how=f"with status {self.exit_code}" if signal is None else f"on signal {signal}",
@@ -177,7 +242,14 @@ class RsyncProcessProtocol(ProcessProtocol):
             bytes_out=self.channel.bytes_out,
             bytes_in=self.channel.bytes_in,
             duration=self.clock.seconds() - self.started,
+            problems=f"; {problems}" if problems else "",
+            unreadable=self.problems.counts["unreadable"],
+            vanished=self.problems.counts["vanished"],
         )
+        if self.problems:
+            # Before the channel's CLOSE, and long before BackupPC's
+            # DumpPostUserCmd reports the backup's end to the server.
+            self.channel.mux.send(framing.Control(self.problems.report(self.module)))
         self._reason = reason
         if self.socket is None:
             self._socket_ended = True   # rsync never got its socket
@@ -258,14 +330,16 @@ class RsyncLauncher:
     euid: int = attrs.field(factory=os.geteuid)
 
     def __call__(self, channel: Channel) -> RsyncProcessProtocol:
-        protocol = RsyncProcessProtocol(channel, self.reactor, self.client_name)
+        protocol = RsyncProcessProtocol(channel, self.reactor, self.client_name,
+                                        user_log_file(self.rsyncd_conf))
         argv = rsync_argv(self.rsync, self.rsyncd_conf,
                           daemon_overrides(self.rsyncd_conf, self.euid))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             try:
                 self.reactor.spawnProcess(protocol, argv[0], argv, env=rsync_environment(),
-                                          childFDs={0: theirs.fileno(), 1: "r", 2: "r"})
+                                          childFDs={0: theirs.fileno(), 1: "r", 2: "r",
+                                                    LOG_FD: "r"})
             except OSError as e:
                 channel.reset(f"the client could not start {self.rsync}: {e}")
                 return protocol

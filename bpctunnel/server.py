@@ -298,6 +298,9 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     def _control(self, body: dict) -> None:
         if body.get("type") == "backup-request":
             self.factory.backup_desk.request(self, full=body.get("full") is True)
+        elif body.get("type") == "transfer-report" and not self.watching:
+            # Only the connection that runs the laptop's rsync has any to make.
+            self.factory.backup_desk.transfer_report(self.host, body)
         elif body.get("type") == "modules" and isinstance(body.get("modules"), list):
             self.served_modules = tuple(
                 str(m)[:MAX_MODULE_NAME] for m in body["modules"][:MAX_MODULES])
@@ -400,14 +403,18 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
                 channel.reset(f"idle for more than {settings.idle_timeout:g} seconds "
                               f"(--idle-timeout)")
 
-    def backup_done(self, ok: bool, detail: str = "") -> None:
-        """BackupPC says how a backup of this host ended: remember it, tell the client."""
+    def backup_done(self, ok: bool, detail: str = "", body: dict | None = None) -> None:
+        """
+        BackupPC says how a backup of this host ended: remember it, tell the
+        client (with C{body}, the backup desk's full C{backup-done}, if given).
+        """
         at = datetime.datetime.fromtimestamp(self.factory.reactor.seconds(), datetime.timezone.utc)
         self.last_backup = {"ok": ok, "at": at.isoformat(timespec="seconds"), "detail": detail}
         self._log.info("BackupPC reports the backup of {client_name} {outcome}{detail}",
                        client_name=self.host, outcome="succeeded" if ok else "failed",
                        detail=f": {detail}" if detail else "")
-        self.send_control({"type": "backup-done", "host": self.host, "ok": ok, "detail": detail})
+        self.send_control(body or {"type": "backup-done", "host": self.host, "ok": ok,
+                                   "detail": detail})
 
     def close_tunnel(self, code: int, reason: str, log: bool = False) -> None:
         """Close from the server side with a reason the client shows; free the port now."""

@@ -14,15 +14,26 @@ import io
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel.backup_desk import BackupDesk
-from bpctunnel.backup_now import ProgressDisplay, clock_time, human_bytes
-from bpctunnel.backup_trigger import BackupReply, BackupRequest, BackupTrigger
+from bpctunnel.backup_desk import (
+    MAX_COUNT,
+    MAX_NAME_CHARS,
+    MAX_NAMES,
+    MAX_REPORTS,
+    REPORT_GRACE,
+    REPORT_POLL,
+)
+from bpctunnel.backup_now import (
+    FAILED, NOT_STARTED, OK, BackupNow, Outcome, ProgressDisplay, clock_time, files_line,
+    human_bytes,
+)
+from bpctunnel.backup_trigger import BackupReply, BackupRequest, BackupTrigger, HostStatus
 from tests.helpers import TIMEOUT, run_cli, spawn, tcp_connect, temp_dir
-from tests.test_backup_trigger import stand_in
+from tests.test_backup_trigger import NO_PING_REPLY, stand_in, status_stand_in
 from tests.test_end_to_end import TunnelTestCase
 
 
@@ -99,18 +110,27 @@ class FakeTunnel:
     def send_control(self, body):
         self.controls.append(body)
 
-    def backup_done(self, ok, detail):
+    def backup_done(self, ok, detail, body=None):
         self.reported.append((ok, detail))
+        if body is not None:
+            self.controls.append(body)
 
 
 class FakeTrigger:
     def __init__(self, reply=BackupReply(True, "ok")):
         self.reply = reply
         self.asked = []
+        #: One Deferred per status question, for the test to answer.
+        self.status_asked = []
 
     def request_backup(self, host, backup_type=None):
         self.asked.append((host, backup_type))
         return succeed(self.reply)
+
+    def host_status(self, host):
+        d = Deferred()
+        self.status_asked.append((host, d))
+        return d
 
 
 class Registry(dict):
@@ -142,6 +162,10 @@ class BackupDeskTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(watcher.controls[-1], progress(4096, ["documents"]))
         self.assertEqual(self.desk.backup_done("laptop1", True, "xferOK=1"), 2)
+        # The laptop's rsync is still exiting: the verdict waits for its channel.
+        self.assertEqual(watcher.controls[-1]["type"], "backup-progress")
+        del self.tunnel.mux.channels[2]
+        self.clock.advance(REPORT_POLL)
         self.assertEqual(watcher.controls[-1], {
             "type": "backup-done", "host": "laptop1", "ok": True, "detail": "xferOK=1",
             "modules": [], "bytes_from_client": 4096, "bytes_to_client": 0})
@@ -149,6 +173,35 @@ class BackupDeskTests(SynchronousTestCase):
         count = len(watcher.controls)
         self.clock.advance(5)
         self.assertEqual(len(watcher.controls), count)
+
+    def test_verdict_waits_for_the_last_transfer_report(self):
+        """
+        A transfer report that comes after BackupPC's verdict, before its
+        channel closes, is in the verdict; a channel that never closes
+        holds the verdict back REPORT_GRACE seconds at most.
+        """
+        watcher = FakeTunnel()
+        self.desk.request(watcher)
+        channel = type("Channel", (), {"local": None})()
+        self.tunnel.mux.channels[2] = channel
+        self.desk.backup_done("laptop1", True, "")
+        self.clock.advance(1)
+        self.desk.transfer_report("laptop1", {"type": "transfer-report", "module": "documents",
+                                              "unreadable": ["secret.txt"],
+                                              "unreadable_count": 1})
+        del self.tunnel.mux.channels[2]
+        self.clock.advance(REPORT_POLL)
+        done = watcher.controls[-1]
+        self.assertEqual((done["type"], done["unreadable"], done["unreadable_count"]),
+                         ("backup-done", ["documents/secret.txt"], 1))
+        stuck = FakeTunnel()
+        self.desk.request(stuck)
+        self.tunnel.mux.channels[3] = channel
+        self.desk.backup_done("laptop1", False, "")
+        self.clock.advance(REPORT_GRACE - 1)
+        self.assertNotEqual(stuck.controls[-1]["type"], "backup-done")
+        self.clock.advance(1)
+        self.assertEqual(stuck.controls[-1]["type"], "backup-done")
 
     def test_module_reported_at_once_and_summed_up(self):
         """A module BackupPC asks for is reported at once; the result lists them all."""
@@ -202,6 +255,241 @@ class BackupDeskTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertEqual(len(self.tunnel.controls), count)
         self.assertEqual(self.desk.backup_done("laptop1", False), 1)  # the tunnel itself
+
+
+#: The desk's clock at the request, in BackupPC's epoch seconds.
+REQUESTED_AT = 1764520000.5
+
+
+def no_ping(start_time=REQUESTED_AT, **changes):
+    return HostStatus(**{"state": "Status_idle", "reason": "Reason_no_ping",
+                         "error": "ping too slow on 127.0.0.1 35.11msec (threshold is 20msec)",
+                         "start_time": int(start_time), **changes})
+
+
+class BackupDeskStatusTests(SynchronousTestCase):
+    """Until BackupPC starts the backup, the desk watches the host's status."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(REQUESTED_AT)
+        self.tunnel = FakeTunnel()
+        self.trigger = FakeTrigger()
+        self.desk = BackupDesk(self.clock, Registry(laptop1=self.tunnel), self.trigger,
+                               interval=1.0, status_interval=3.0)
+        self.watcher = FakeTunnel()
+        self.desk.request(self.watcher)
+
+    def answer(self, status):
+        (host, d), = self.trigger.status_asked
+        self.trigger.status_asked = []
+        self.assertEqual(host, "laptop1")
+        d.callback(status)
+
+    def test_declined_backup_reported_in_backuppc_words(self):
+        """
+        A status question every 3 seconds, never two at once; once BackupPC
+        ran the job and found the ping too slow, backup-now hears its words,
+        and the desk stops asking and reporting.
+        """
+        self.clock.advance(2.9)
+        self.assertEqual(self.trigger.status_asked, [])
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.trigger.status_asked), 1)
+        self.clock.advance(6)  # BackupPC is slow to answer: no second question
+        self.assertEqual(len(self.trigger.status_asked), 1)
+        self.answer(no_ping(queued=True))  # still queued: not an answer yet
+        self.clock.advance(3)
+        self.answer(no_ping(start_time=REQUESTED_AT - 60))  # an earlier request's outcome
+        self.assertNotEqual(self.watcher.controls[-1]["type"], "backup-done")
+        self.clock.advance(3)
+        self.answer(no_ping())
+        self.assertEqual(self.watcher.controls[-1], {
+            "type": "backup-done", "host": "laptop1", "ok": False, "started": False,
+            "reason": "no_ping", "detail": "BackupPC did not start the backup: ping too slow "
+                                           "on 127.0.0.1 35.11msec (threshold is 20msec)",
+            "modules": [], "bytes_from_client": 0, "bytes_to_client": 0})
+        count = len(self.watcher.controls)
+        self.clock.advance(30)
+        self.assertEqual((len(self.watcher.controls), self.trigger.status_asked), (count, []))
+        self.assertEqual(self.tunnel.reported, [])  # no backup happened: nothing to record
+        self.assertEqual(self.desk.backup_done("laptop1", False), 1)  # the request is over
+
+    def test_nothing_to_do(self):
+        self.clock.advance(3)
+        self.answer(no_ping(reason="Reason_nothing_to_do", error=""))
+        body = self.watcher.controls[-1]
+        self.assertEqual((body["type"], body["started"], body["reason"]),
+                         ("backup-done", False, "nothing_to_do"))
+        self.assertIn("nothing to do", body["detail"])
+
+    def test_failure_before_the_transfer(self):
+        self.clock.advance(3)
+        self.answer(no_ping(reason="Reason_backup_failed", start_time=0,
+                            error_time=int(REQUESTED_AT) + 2,
+                            error="Can't read PC's config file"))
+        body = self.watcher.controls[-1]
+        self.assertEqual((body["reason"], body["detail"]), (
+            "failed", "BackupPC's backup failed before it began: Can't read PC's config file"))
+
+    def test_started_backup_stops_the_questions(self):
+        """Once BackupPC asks for a module, DumpPostUserCmd reports: no more status."""
+        self.clock.advance(3)
+        self.desk.module_started("laptop1", "documents")
+        self.answer(no_ping())  # an answer in flight is then ignored
+        self.assertNotEqual(self.watcher.controls[-1]["type"], "backup-done")
+        self.clock.advance(30)
+        self.assertEqual(self.trigger.status_asked, [])
+
+    def test_laptop_leaving_stops_the_questions(self):
+        self.desk.forget(self.watcher)
+        self.clock.advance(30)
+        self.assertEqual(self.trigger.status_asked, [])
+
+    def test_no_status_keeps_waiting(self):
+        """BackupPC gives no status (logged by the trigger): ask again later."""
+        self.clock.advance(3)
+        self.answer(None)
+        self.clock.advance(3)
+        self.assertEqual(len(self.trigger.status_asked), 1)
+
+
+class TransferReportTests(SynchronousTestCase):
+    """The laptop's transfer reports reach backup-done, within bounds."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.tunnel = FakeTunnel()
+        self.desk = BackupDesk(self.clock, Registry(laptop1=self.tunnel), FakeTrigger())
+        self.desk.request(self.tunnel)
+
+    def report(self, module="documents", unreadable=(), count=None, **extra):
+        body = {"type": "transfer-report", "module": module, "unreadable": list(unreadable),
+                "unreadable_count": len(unreadable) if count is None else count,
+                "vanished": [], "vanished_count": 0, **extra}
+        self.desk.transfer_report("laptop1", body)
+
+    def test_reports_summed_in_backup_done(self):
+        self.report("documents", ["secret.txt", "locked/"])
+        self.report("photos", ["a.jpg"], count=7)
+        self.report("music")  # nothing to report
+        self.report("mail", vanished=["tmp/lock"], vanished_count=1)
+        watcher = FakeTunnel()
+        self.desk.request(watcher)
+        self.desk.backup_done("laptop1", True, "")
+        body = watcher.controls[-1]
+        self.assertEqual(
+            (body["unreadable"], body["unreadable_count"], body["vanished"],
+             body["vanished_count"]),
+            (["documents/secret.txt", "documents/locked/", "photos/a.jpg"], 9,
+             ["mail/tmp/lock"], 1))
+
+    def test_tunnel_that_asked_gets_the_reports(self):
+        """backup-now carrying the tunnel itself hears the reports too."""
+        self.report("documents", ["secret.txt"])
+        self.assertEqual(self.desk.backup_done("laptop1", True, ""), 1)
+        self.assertEqual(self.tunnel.reported, [(True, "")])
+        body = self.tunnel.controls[-1]
+        self.assertEqual((body["type"], body["unreadable"], body["unreadable_count"]),
+                         ("backup-done", ["documents/secret.txt"], 1))
+
+    def test_clean_backup_has_no_lists(self):
+        watcher = FakeTunnel()
+        self.desk.request(watcher)
+        self.desk.backup_done("laptop1", True, "")
+        self.assertNotIn("unreadable", watcher.controls[-1])
+
+    def verdict_after_many_reports(self) -> dict:
+        """MAX_REPORTS + 10 more reports, then BackupPC's verdict as a watcher gets it."""
+        for _ in range(MAX_REPORTS + 10):
+            self.report("y", ["z"], count=1)
+        watcher = FakeTunnel()
+        self.desk.request(watcher)
+        self.desk.backup_done("laptop1", True, "")
+        return watcher.controls[-1]
+
+    def test_bounds(self):
+        """Names cut, lists capped, reports per backup capped, odd values refused."""
+        self.report("m" * 1000, ["n" * 1000] * 500, count=10**15)
+        self.report("x", [1, None, "ok"], count=True)
+        body = self.verdict_after_many_reports()
+        self.assertEqual(len(body["unreadable"]), MAX_NAMES)
+        self.assertEqual(len(body["unreadable"][0]), 2 * MAX_NAME_CHARS + 1)
+        # The total stays at the cap, whatever a client claims.
+        self.assertEqual(body["unreadable_count"], MAX_COUNT)
+
+    def test_report_count(self):
+        """A count that is not a number counts the names; reports beyond MAX_REPORTS are dropped."""
+        self.report("x", [1, None, "ok"], count=True)
+        body = self.verdict_after_many_reports()
+        self.assertEqual(body["unreadable_count"], 1 + MAX_REPORTS - 1)
+
+    def test_no_pending_backup(self):
+        """A report outside a requested backup is only logged."""
+        self.desk.backup_done("laptop1", True, "")
+        self.report("documents", ["secret.txt"])
+        self.assertEqual(self.desk._pending, {})
+
+
+class FakeFactory:
+    def __init__(self):
+        self.observers = []
+        self.current = None
+
+
+class BackupNowOutcomeTests(SynchronousTestCase):
+    """How backup-now ends on each backup-done (no sockets: a fake factory)."""
+
+    def outcome(self, body):
+        clock, out = Clock(), io.StringIO()
+        config = type("Config", (), {"server": "wss://backup.example.org/tunnel",
+                                     "host": "laptop1"})()
+        run = BackupNow(clock, config, lambda factory: Deferred(),
+                        ProgressDisplay(out, clock, live=False), factory=FakeFactory())
+        result = run.run()
+        run._event("control", None, {"type": "backup-requested", "ok": True, "message": "ok"})
+        run._event("control", None, body)
+        return self.successResultOf(result), out.getvalue()
+
+    def test_declined(self):
+        """BackupPC ran no backup (no ping): exit 2 with BackupPC's reason."""
+        outcome, _ = self.outcome({
+            "type": "backup-done", "ok": False, "started": False, "reason": "no_ping",
+            "detail": "BackupPC did not start the backup: no ping response from 127.0.0.1"})
+        self.assertEqual(outcome, Outcome(NOT_STARTED, (
+            "BackupPC did not start the backup: no ping response from 127.0.0.1; "
+            "see BackupPC's log for laptop1")))
+
+    def test_failed_before_start(self):
+        outcome, _ = self.outcome({"type": "backup-done", "ok": False, "started": False,
+                                   "reason": "failed", "detail": "BackupPC's backup failed"})
+        self.assertEqual(outcome.status, FAILED)
+
+    def test_unreadable_files(self):
+        """BackupPC says success, the laptop could not read files: exit 1, naming them."""
+        outcome, _ = self.outcome({
+            "type": "backup-done", "ok": True, "detail": "", "modules": ["documents"],
+            "bytes_from_client": 10, "unreadable": ["documents/a", "documents/b",
+                                                    "documents/c"], "unreadable_count": 3})
+        self.assertEqual(outcome, Outcome(FAILED, (
+            "BackupPC reports the backup succeeded with 3 files unreadable: documents/a, "
+            "documents/b, documents/c; the laptop's rsync could not read them, so the backup "
+            "is incomplete")))
+
+    def test_vanished_files_only(self):
+        """Files deleted during the backup are named, but the backup is complete: exit 0."""
+        outcome, out = self.outcome({
+            "type": "backup-done", "ok": True, "detail": "xferOK=1",
+            "vanished": ["documents/tmp"], "vanished_count": 1})
+        self.assertEqual(outcome, Outcome(OK, "BackupPC reports the backup succeeded: xferOK=1"))
+        self.assertIn("laptop1: during the backup, 1 file vanished: documents/tmp\n", out)
+
+    def test_files_line(self):
+        self.assertEqual(files_line({"unreadable": ["a", "b"], "unreadable_count": 30},
+                                    "unreadable"), "30 files unreadable: a, b and 28 more")
+        self.assertEqual(files_line({"unreadable": ["a", 5], "unreadable_count": "x"},
+                                    "unreadable"), "1 file unreadable: a")
+        self.assertEqual(files_line({}, "vanished"), "")
 
 
 class BackupNowTestCase(TunnelTestCase):
@@ -343,3 +631,32 @@ class DeclinedTests(BackupNowTestCase):
         self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 2, process.text)
         self.assertIn("BackupPC did not take the request: error: host laptop1 is disabled",
                       process.text)
+
+
+class StatusTests(BackupNowTestCase):
+    """backup-now against a stand-in whose status says BackupPC found the ping too slow."""
+
+    def setUp(self):
+        d = super().setUp()
+        script, self.mesg_args = status_stand_in(temp_dir(self), "Got reply: ")
+        self.status_reply = script.parent / "status-reply"
+        trigger = BackupTrigger(reactor, BackupRequest((str(script),), "bpctunnel", "-1"))
+        desk = self.server.factory.backup_desk
+        desk.trigger, desk.status_interval = trigger, 0.2
+        return d
+
+    @inlineCallbacks
+    def test_declined_with_backuppc_reason(self):
+        """
+        BackupPC took the request, then skipped the host: backup-now exits 2
+        promptly with BackupPC's reason, not after --start-timeout.
+        """
+        process = self.backup_now(self.laptop())
+        yield process.wait_for("BackupPC took the request")
+        yield self.logs.wait_for("BackupPC gave no status for laptop1")  # the poll runs
+        now = int(reactor.seconds())
+        self.status_reply.write_text(NO_PING_REPLY.replace("1764520001", str(now)))
+        self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 2, process.text)
+        self.assertIn("BackupPC did not start the backup: ping too slow on 127.0.0.1 35.11msec "
+                      "(threshold is 20msec); see BackupPC's log for laptop1", process.text)
+        self.assertIn("status\nhost(laptop1)", self.mesg_args.read_text())

@@ -11,9 +11,12 @@ import os
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
-from bpctunnel.backup_trigger import BackupReply, BackupRequest, BackupTrigger
+from bpctunnel.backup_trigger import (
+    BackupReply, BackupRequest, BackupTrigger, HostStatus, parse_status_reply,
+)
 from tests.helpers import TIMEOUT, run_cli, temp_dir
 from tests.test_end_to_end import TunnelTestCase
 
@@ -107,3 +110,104 @@ class BackupDoneTests(TunnelTestCase):
         code, out = yield run_cli(self, "backup-done", "laptop1", "yes")
         self.assertEqual(code, 2)
         self.assertIn("STATUS must be 1 (success) or 0 (failure)", out)
+
+
+#: What BackupPC 4.4's daemon answers `status host(laptop1)` after BackupPC_dump
+#: found the ping too slow (Data::Dumper, Indent 0; key order varies).
+NO_PING_REPLY = (
+    "Got reply: %StatusHost = ('userReq' => 1,'aliveCnt' => 0,'activeJob' => 0,"
+    "'state' => 'Status_idle','deadCnt' => 1,'endTime' => '','type' => 'full',"
+    "'startTime' => 1764520001,'lastGoodBackupTime' => 1764510000,'BgQueueOn' => undef,"
+    "'needLink' => 0,'error' => 'ping too slow on 127.0.0.1 35.11msec (threshold is 20msec)',"
+    "'UserQueueOn' => undef,'Job' => undef,'CmdQueueOn' => undef,'reason' => 'Reason_no_ping');")
+#: ... while its job runs (Job is the job's record, holding a glob).
+RUNNING_REPLY = (
+    "Got reply: %StatusHost = ('Job' => {'fh' => *::FH,'startTime' => 1764520100,"
+    "'cmd' => '/usr/share/backuppc/bin/BackupPC_dump -i laptop1','pid' => 123,"
+    "'userReq' => 1},'state' => 'Status_backup_in_progress','reason' => '',"
+    "'startTime' => 1764520101,'UserQueueOn' => 0,'error' => 'it\\'s \\\\ quoted');")
+
+
+class StatusReplyTests(SynchronousTestCase):
+    """parse_status_reply reads BackupPC_serverMesg's %StatusHost dump."""
+
+    def test_no_ping(self):
+        status = parse_status_reply(NO_PING_REPLY + "\n")
+        self.assertEqual(status, HostStatus(
+            state="Status_idle", reason="Reason_no_ping",
+            error="ping too slow on 127.0.0.1 35.11msec (threshold is 20msec)",
+            start_time=1764520001.0, queued=False, running=False))
+        self.assertTrue(status.ended_without_backup(1764520001.9))
+        self.assertFalse(status.ended_without_backup(1764520002.0))  # an older outcome
+
+    def test_running_job(self):
+        status = parse_status_reply(RUNNING_REPLY)
+        self.assertEqual((status.state, status.running, status.queued, status.error),
+                         ("Status_backup_in_progress", True, False, "it's \\ quoted"))
+        self.assertFalse(status.ended_without_backup(0))
+
+    def test_queued_is_busy(self):
+        status = parse_status_reply(NO_PING_REPLY.replace("'UserQueueOn' => undef",
+                                                          "'UserQueueOn' => 1"))
+        self.assertTrue(status.queued)
+        self.assertFalse(status.ended_without_backup(0))
+
+    def test_nothing_to_do_and_early_failure(self):
+        nothing = parse_status_reply(NO_PING_REPLY.replace("Reason_no_ping",
+                                                           "Reason_nothing_to_do"))
+        self.assertTrue(nothing.ended_without_backup(1764520000))
+        failed = parse_status_reply(
+            "Got reply: %StatusHost = ('state' => 'Status_idle','reason' => "
+            "'Reason_backup_failed','error' => 'Can\\'t read PC\\'s config file',"
+            "'errorTime' => 1764520005,'startTime' => 1764500000);")
+        self.assertEqual(failed.error, "Can't read PC's config file")
+        self.assertTrue(failed.ended_without_backup(1764520004))
+        done = parse_status_reply(NO_PING_REPLY.replace("Reason_no_ping", "Reason_backup_done"))
+        self.assertFalse(done.ended_without_backup(0))
+
+    def test_no_status(self):
+        """An unknown host gets an empty reply; other output is no status either."""
+        for text in ["Got reply: ", "", "Got reply: ok", "Got reply: %StatusHost = ('a' => '",
+                     "%Status = ('laptop1' => {})"]:
+            self.assertIsNone(parse_status_reply(text), text)
+
+    def test_status_argv(self):
+        request = BackupRequest.from_command_line("sudo -u backuppc /usr/bin/mesg", "u", "0")
+        self.assertEqual(request.status_argv("laptop1"),
+                         ["sudo", "-u", "backuppc", "/usr/bin/mesg", "status", "host(laptop1)"])
+        self.assertEqual(request.status_argv("a b(c)")[-1], "host(a%20b%28c%29)")
+
+
+def status_stand_in(folder, status_reply):
+    """A BackupPC_serverMesg that answers `backup` as the real one and `status` with a dump."""
+    script = folder / "BackupPC_serverMesg"
+    args = folder / "args"
+    reply_file = folder / "status-reply"
+    reply_file.write_text(status_reply)
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" >> {args}\n"
+                      f"if [ \"$1\" = status ]; then cat {reply_file}; "
+                      f"else printf 'Got reply: ok: requested backup of %s' \"$2\"; fi\n")
+    os.chmod(script, 0o755)
+    return script, args
+
+
+class HostStatusTests(TunnelTestCase):
+    @inlineCallbacks
+    def test_host_status_runs_server_mesg(self):
+        """host_status runs `BackupPC_serverMesg status host(HOST)` and parses its reply."""
+        script, args = status_stand_in(temp_dir(self), NO_PING_REPLY + "\n")
+        trigger = BackupTrigger(reactor, BackupRequest((str(script),)))
+        status = yield trigger.host_status("laptop1")
+        self.assertEqual(args.read_text().splitlines(), ["status", "host(laptop1)"])
+        self.assertEqual((status.reason, status.error), (
+            "Reason_no_ping", "ping too slow on 127.0.0.1 35.11msec (threshold is 20msec)"))
+
+    @inlineCallbacks
+    def test_no_status_logged(self):
+        script, _ = status_stand_in(temp_dir(self), "Got reply: ")
+        trigger = BackupTrigger(reactor, BackupRequest((str(script),)))
+        self.assertIsNone((yield trigger.host_status("laptop9")))
+        yield self.logs.wait_for("BackupPC gave no status for laptop9 (exit 0)")
+        missing = BackupTrigger(reactor, BackupRequest(("/nonexistent/BackupPC_serverMesg",)))
+        self.assertIsNone((yield missing.host_status("laptop1")))
+        yield self.logs.wait_for("cannot ask BackupPC for the status of laptop1")

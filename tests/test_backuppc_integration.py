@@ -20,6 +20,7 @@ missing BackupPC fails these tests.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -283,11 +284,12 @@ class BackupTriggerReplyTests(DaemonBackupTestCase):
 class BackupNowTests(DaemonBackupTestCase):
     """Issue 7, acceptance 3 with real BackupPC: bpctunnel backup-now."""
 
-    def backup_now_laptop(self, shares):
+    def backup_now_laptop(self, shares, options=None):
         """laptop1 with a documents module, BackupPC reporting results, no client running."""
         documents = make_sample_tree(self.root / "laptop" / "documents",
                                      large_file_bytes=8 * 1024 * 1024, seed=31)
-        config, _, _ = self.laptop_config("laptop1", {"documents": documents}, shares=shares)
+        config, _, _ = self.laptop_config("laptop1", {"documents": documents}, shares=shares,
+                                          options=options)
         done = [*bpctunnel_command(), "backup-done", "--api", self.server.api_url,
                 "$client", "$xferOK"]
         self.set_host_setting("laptop1", "DumpPostUserCmd", perl_string(" ".join(done)))
@@ -334,3 +336,56 @@ class BackupNowTests(DaemonBackupTestCase):
         self.assertIn("BackupPC reports the backup failed; see BackupPC's log for laptop1", out)
         status = yield self.job_done("laptop1")
         self.assertNotEqual(status["reason"], BACKUP_DONE, status)
+
+    # Issue 14: backup-now passes on what BackupPC and the laptop's rsync say went wrong.
+
+    @inlineCallbacks
+    def test_ping_too_slow(self):
+        """
+        BackupPC takes the request, then BackupPC_dump finds the ping too
+        slow (C{$Conf{PingMaxMsec}} = 0.001) and backs nothing up, so
+        C{DumpPostUserCmd} never runs: backup-now learns BackupPC's reason
+        from its status and exits 2 at once, not after --start-timeout (600 s).
+        """
+        config, _ = self.backup_now_laptop(("documents",))
+        self.set_host_setting("laptop1", "PingMaxMsec", "0.001")
+        yield self.backuppc_up()
+        started = reactor.seconds()
+        code, out = yield self.backup_now(config)
+        self.assertEqual(code, 2, out)
+        self.assertIn("BackupPC took the request: ok: requested backup of laptop1 (doIncr)", out)
+        self.assertRegex(out, r"BackupPC did not start the backup: ping too slow on 127\.0\.0\.1 "
+                              r"[\d.]+msec \(threshold is 0\.001msec\); see BackupPC's log for "
+                              r"laptop1")
+        self.assertLess(reactor.seconds() - started, JOB_TIMEOUT + TIMEOUT)
+        self.assertEqual((yield self.bpc.backups("laptop1")), [])
+        status = yield self.job_done("laptop1")
+        self.assertEqual(status["reason"], NO_PING, status)
+
+    @inlineCallbacks
+    def test_unreadable_files_reported(self):
+        """
+        The laptop's module reads as nobody and holds a file of another user
+        with mode 000: BackupPC reports success (its DumpPostUserCmd runs
+        before it counts transfer errors), but the laptop's rsync could not
+        read the file, and backup-now says so and exits 1.
+        """
+        config, documents = self.backup_now_laptop(
+            ("documents",), options={"documents": {"uid": "nobody", "gid": "nogroup"}})
+        # nobody must reach the module; the secret stays unreadable to it.
+        for folder in (self.root, self.root / "laptop", documents):
+            os.chmod(folder, 0o755)
+        secret = documents / "secret.txt"
+        secret.write_text("not for nobody\n")
+        os.chown(secret, 12345, 12345)
+        os.chmod(secret, 0)
+        yield self.backuppc_up()
+        code, out = yield self.backup_now(config)
+        self.assertEqual(code, 1, out)
+        self.assertIn("laptop1: backing up module documents, ", out)
+        self.assertIn("BackupPC reports the backup succeeded with 1 file unreadable: "
+                      "documents/secret.txt; the laptop's rsync could not read them, so the "
+                      "backup is incomplete", out)
+        self.assertEqual(self.logs.matching("rsync for module documents could not read"),
+                         ["laptop1's rsync for module documents could not read 1 file(s) "
+                          "(0 vanished)"])

@@ -3,6 +3,8 @@ The two local ends of a channel, without sockets or processes: the rsync
 ProcessProtocol (client) and BackupPC's TCP connection (server).
 """
 
+from pathlib import Path
+
 from twisted.internet.error import ConnectionDone, ConnectionLost, ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -17,7 +19,9 @@ from bpctunnel.rsync_bridge import (
     RsyncProcessProtocol,
     RsyncSocketProtocol,
     rsync_argv,
+    user_log_file,
 )
+from bpctunnel.rsync_log import MAX_LOG_LINE, MAX_NAMES, TransferProblems, parse_log_line
 from bpctunnel.local import LocalConnectionProtocol
 from tests.test_mux import Wire
 
@@ -215,6 +219,134 @@ class RsyncBridgeTests(SynchronousTestCase):
         channel.attach(local)
         wire.pump()
         self.assertIn("could not start /nope/rsync", local.aborted)
+
+    def test_launcher_gives_rsync_a_log_pipe(self):
+        """Each daemon logs to /dev/fd/3, a pipe of ours (childFD 3: "r")."""
+        spawned = []
+
+        class Reactor(MemoryReactorClock):
+            def spawnProcess(self, protocol, executable, args, env=None, childFDs=None, **kw):
+                spawned.append((args, childFDs))
+                raise OSError(2, "No such file or directory")  # enough: we saw the call
+
+        conf = self.mktemp()
+        with open(conf, "w") as f:
+            f.write("log file = /var/log/mine.log\n[documents]\npath = /tmp\n")
+        from tests.test_mux import FakeLocalEnd
+
+        wire = Wire()
+        wire.client._accept_channel = RsyncLauncher(Reactor(), "/usr/bin/rsync", conf, euid=1000)
+        wire.server.open_channel().attach(FakeLocalEnd())
+        wire.pump()
+        (args, child_fds), = spawned
+        self.assertEqual(args, ["/usr/bin/rsync", "--daemon", f"--config={conf}",
+                                "--dparam=logfile=/dev/fd/3"])
+        self.assertEqual(child_fds[3], "r")
+
+    def test_transfer_report_at_exit(self):
+        """
+        Files the daemon's log says it could not read (or that vanished) are
+        on the channel's summary line and go to the server as one
+        transfer-report, before the channel's CLOSE.
+        """
+        lines = collect_logs(self)
+        controls = []
+        self.wire.server._on_control = controls.append
+        self.server_channel.local_data(b"@RSYNCD: 31.0\ndocuments\n")
+        self.wire.pump()
+        prefix = b"2026/11/30 17:26:18 [5750] "
+        self.rsync.childDataReceived(3, prefix + b"rsync on documents/ from UNKNOWN\n" + prefix
+                                     + b'rsync: [sender] send_files failed to open "secret.txt" '
+                                       b"(in documents): Permiss")
+        self.rsync.childDataReceived(3, b"ion denied (13)\n" + prefix + b'rsync: [sender] opendir '
+                                        b'"locked" (in documents) failed: Permission denied (13)\n'
+                                     + prefix + b'file has vanished: "tmp/x" (in documents)')
+        self.assertEqual(controls, [])
+        self.end.readConnectionLost()
+        self.rsync.processEnded(Failure(ProcessTerminated(exitCode=23)))
+        self.wire.pump()
+        self.assertEqual(controls, [{"type": "transfer-report", "module": "documents",
+                                     "unreadable": ["secret.txt", "locked/"],
+                                     "unreadable_count": 2, "vanished": ["tmp/x"],
+                                     "vanished_count": 1}])
+        summary = [line for line in lines if "exited with status 23" in line]
+        self.assertEqual(len(summary), 1, lines)
+        self.assertTrue(summary[0].endswith("; 2 files unreadable: secret.txt, locked/; "
+                                            "1 file vanished: tmp/x"), summary)
+
+    def test_user_log_file_still_written(self):
+        """rsyncd.conf's own global log file gets every line the daemon logs."""
+        conf, log = Path(self.mktemp()), Path(self.mktemp())
+        conf.write_text(f"log file = {log}\n[documents]\npath = /tmp\n")
+        self.assertEqual(user_log_file(conf), log)
+        self.rsync.log_file = log
+        self.rsync.childDataReceived(3, b"first\nsecond")
+        self.rsync.processEnded(Failure(ProcessDone(0)))
+        self.assertEqual(log.read_text(), "first\nsecond\n")
+
+    def test_no_report_without_problems(self):
+        """A clean transfer sends no transfer-report."""
+        controls = []
+        self.wire.server._on_control = controls.append
+        self.rsync.childDataReceived(3, b"2026/11/30 17:26:18 [1] sent 5 bytes  received 3 bytes\n")
+        self.end.readConnectionLost()
+        self.rsync.processEnded(Failure(ProcessDone(0)))
+        self.wire.pump()
+        self.assertEqual(controls, [])
+
+    def test_log_memory_is_bounded(self):
+        """A line without end is cut at MAX_LOG_LINE; names kept stop at MAX_NAMES."""
+        self.rsync.childDataReceived(3, b"x" * (MAX_LOG_LINE + 10))
+        self.assertEqual(self.rsync._log_buffer, b"")
+        for i in range(MAX_NAMES + 5):
+            self.rsync.childDataReceived(
+                3, f'send_files failed to open "f{i}" (in documents): Permission denied\n'.encode())
+        report = self.rsync.problems.report("documents")
+        self.assertEqual(report["unreadable_count"], MAX_NAMES + 5)
+        self.assertEqual(report["unreadable"], [f"f{i}" for i in range(MAX_NAMES)])
+
+
+class DaemonLogParserTests(SynchronousTestCase):
+    """parse_log_line: rsync daemon log lines (3.2.x and 3.5.0 wording) about files."""
+
+    def test_problem_lines(self):
+        prefix = "2026/11/30 17:26:18 [5750] "
+        self.assertEqual(
+            [parse_log_line(prefix + line) for line in [
+                'rsync: [sender] send_files failed to open "secret.txt" (in documents): '
+                'Permission denied (13)',
+                'rsync: [sender] send_files failed to open "a (b)/c.txt" (in my docs): '
+                'Permission denied (13)',
+                'rsync: send_files failed to open "old.txt" (in documents): Permission denied (13)',
+                'rsync: [sender] opendir "private" (in documents) failed: Permission denied (13)',
+                'rsync: [sender] link_stat "gone" (in documents) failed: No such file or '
+                'directory (2)',
+                'rsync: [sender] read errors mapping "disk.img" (in documents): Input/output '
+                'error (5)',
+                'file has vanished: "tmp/lock" (in documents)',
+            ]],
+            [("unreadable", "documents", "secret.txt"),
+             ("unreadable", "my docs", "a (b)/c.txt"),
+             ("unreadable", "documents", "old.txt"),
+             ("unreadable", "documents", "private/"),
+             ("unreadable", "documents", "gone"),
+             ("unreadable", "documents", "disk.img"),
+             ("vanished", "documents", "tmp/lock")])
+
+    def test_other_lines(self):
+        for line in ["2026/11/30 17:26:18 [5750] connect from localhost (127.0.0.1)",
+                     "2026/11/30 17:26:18 [5750] rsync on documents/ from localhost (127.0.0.1)",
+                     "2026/11/30 17:26:18 [5750] sent 569 bytes  received 105 bytes  total size 13",
+                     '2026/11/30 17:26:18 [5750] rsync: [sender] write error: Broken pipe (32)',
+                     ""]:
+            self.assertIsNone(parse_log_line(line), line)
+
+    def test_long_names_cut(self):
+        problems = TransferProblems()
+        self.assertTrue(problems.add_line(
+            'send_files failed to open "' + "n" * 1000 + '" (in m): Permission denied'))
+        self.assertEqual(len(problems.names["unreadable"][0]), 256)
+        self.assertTrue(problems.names["unreadable"][0].endswith("..."))
 
 
 class LocalConnectionTests(SynchronousTestCase):

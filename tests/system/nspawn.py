@@ -895,10 +895,11 @@ class Container:
         return argv
 
     def wait_journal(self, unit: str, pattern: str, *, user_unit: bool = False,
-                     identifier: str | None = None,
+                     identifier: str | None = None, since: str | None = None,
                      timeout: float = 60) -> str:
         """Block until ``unit``'s journal (this boot) has a line matching
-        the regex ``pattern``; return that line.
+        the regex ``pattern``; return that line.  ``since`` (a
+        ``journalctl --since`` time) ignores older lines.
 
         ``journal()`` may miss a line written just before the call
         (journald reads stdout streams asynchronously, even after
@@ -908,9 +909,25 @@ class Container:
         ``journal`` about ``identifier``: without it, the last line of a
         process that exits at once may never match.
         """
-        regex = re.compile(pattern)
         argv = self._journal_argv(unit, user_unit, identifier) + [
-            "-f", "-n", "all"]
+            "-f", "-n", "all"] + (["--since", since] if since else [])
+        return self.wait_output(argv, pattern, timeout=timeout,
+                                what=f"the journal of {unit}")
+
+    def wait_file_line(self, path: str, pattern: str, *,
+                       timeout: float = 60) -> str:
+        """Block until the file ``path`` inside (which may not exist yet)
+        has a line matching ``pattern``, following it as ``tail -F`` does;
+        return that line."""
+        return self.wait_output(["tail", "-n", "+1", "-F", path], pattern,
+                                timeout=timeout, what=path)
+
+    def wait_output(self, argv: list[str], pattern: str, *,
+                    timeout: float = 60, what: str = "") -> str:
+        """Run ``argv`` inside until a line of its output matches the
+        regex ``pattern`` (returned), then kill it; ``ContainerError``
+        with what it printed if none does within ``timeout``."""
+        regex = re.compile(pattern)
         proc = self.spawn(argv, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -935,7 +952,7 @@ class Container:
             self.kill(proc)
             proc.stdout.close()
         raise ContainerError(
-            f"no line matching {pattern!r} in the journal of {unit} within "
+            f"no line matching {pattern!r} in {what or argv} within "
             f"{timeout:.0f} s; it has:\n" + "\n".join(seen[-40:]))
 
     def enable_user_manager(self, user: str) -> None:
