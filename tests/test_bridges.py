@@ -3,7 +3,6 @@ The two local ends of a channel, without sockets or processes: the rsync
 ProcessProtocol (client) and BackupPC's TCP connection (server).
 """
 
-from pathlib import Path
 
 from twisted.internet.error import ConnectionDone, ConnectionLost, ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -23,6 +22,7 @@ from bpctunnel.rsync_bridge import (
 )
 from bpctunnel.rsync_log import MAX_LOG_LINE, MAX_NAMES, TransferProblems, parse_log_line
 from bpctunnel.local import LocalConnectionProtocol
+from tests.helpers import temp_dir
 from tests.test_mux import Wire
 
 
@@ -229,9 +229,8 @@ class RsyncBridgeTests(SynchronousTestCase):
                 spawned.append((args, childFDs))
                 raise OSError(2, "No such file or directory")  # enough: we saw the call
 
-        conf = self.mktemp()
-        with open(conf, "w") as f:
-            f.write("log file = /var/log/mine.log\n[documents]\npath = /tmp\n")
+        conf = temp_dir(self) / "rsyncd.conf"
+        conf.write_text("log file = /var/log/mine.log\n[documents]\npath = /tmp\n")
         from tests.test_mux import FakeLocalEnd
 
         wire = Wire()
@@ -276,7 +275,8 @@ class RsyncBridgeTests(SynchronousTestCase):
 
     def test_user_log_file_still_written(self):
         """rsyncd.conf's own global log file gets every line the daemon logs."""
-        conf, log = Path(self.mktemp()), Path(self.mktemp())
+        folder = temp_dir(self)
+        conf, log = folder / "rsyncd.conf", folder / "rsyncd.log"
         conf.write_text(f"log file = {log}\n[documents]\npath = /tmp\n")
         self.assertEqual(user_log_file(conf), log)
         self.rsync.log_file = log
