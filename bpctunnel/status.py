@@ -150,9 +150,13 @@ class PingResource(_Api):
         if not 1 <= count <= MAX_PINGS or not 0 < timeout <= 60:
             return _json(request, 400, {"error": f"count must be 1-{MAX_PINGS}, timeout 0-60 s"})
         pings = [tunnel.ping(timeout) for _ in range(count)]
+        # The HTTP client may leave before the pings end (notifyFinish's
+        # errback tells); then there is no one to answer.
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
 
         def answer(rtts):
-            if request.finished or request._disconnected:
+            if gone:
                 return
             answered = [r * 1000 for r in rtts if r is not None]
             for rtt in answered:

@@ -9,8 +9,10 @@ from pathlib import Path
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from zope.interface import implementer
 
 from bpctunnel.allocator import keep_bulk_buffers
 from bpctunnel.backup_trigger import DEFAULT_SERVER_MESG, BackupRequest, BackupTrigger
@@ -120,21 +122,26 @@ def api_token(listen: str, token_file: str | None) -> str | None:
     return token
 
 
-class _LoggingEndpointService(StreamServerEndpointService):
+@implementer(IStreamServerEndpoint)
+class LoggingEndpoint:
+    """
+    An endpoint that logs where it listens once it does (so that tests and
+    admins can read the port), and otherwise is C{endpoint}.
+    """
+
     log = Logger()
 
-    def __init__(self, endpoint, factory, description: str):
-        super().__init__(endpoint, factory)
-        self._description = description
+    def __init__(self, endpoint, description: str):
+        self.endpoint = endpoint
+        self.description = description
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
+    def listen(self, factory):
+        return self.endpoint.listen(factory).addCallback(self._listening)
 
     def _listening(self, port):
         address = port.getHost()
         self.log.info("bpctunnel server listening on {host}:{port} ({description})",
-                      host=address.host, port=address.port, description=self._description)
+                      host=address.host, port=address.port, description=self.description)
         return port
 
 
@@ -153,9 +160,11 @@ def makeService(options: Options, reactor=None):
     endpoint = TunnelEndpoint(reactor, address.port, options["tls"], address.interface,
                               options["proxy-protocol"])
     top = MultiService()
-    _LoggingEndpointService(endpoint, factory, f"BackupPC config in {conf}").setServiceParent(top)
+    StreamServerEndpointService(LoggingEndpoint(endpoint, f"BackupPC config in {conf}"),
+                                factory).setServiceParent(top)
     if options["api-listen"] != "none":
         api = serverFromString(reactor, options["api-listen"])
-        _LoggingEndpointService(api, make_api_site(factory, options["api_token"]),
-                                "status API and /metrics").setServiceParent(top)
+        StreamServerEndpointService(LoggingEndpoint(api, "status API and /metrics"),
+                                    make_api_site(factory, options["api_token"])
+                                    ).setServiceParent(top)
     return top

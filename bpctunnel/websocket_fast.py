@@ -14,6 +14,7 @@ opening handshake once the tunnel is open.
 
 from __future__ import annotations
 
+import copy
 import struct
 
 _FIN_BINARY = 0x82
@@ -151,16 +152,37 @@ class FastBinaryMixin:
             self.send_binary_pieces(pieces)
 
 
+#: What L{forget_handshake} clears, and the empty value it leaves: dotted
+#: attribute paths from an open Autobahn C{WebSocketProtocol}, none of them
+#: private (C{transport_details} is Autobahn's
+#: C{ITransport.transport_details}, C{peer_cert} a settable property of its
+#: C{TransportDetails}).  The tests check that Autobahn fills each of them
+#: in a real opening handshake, so that a rename fails them loudly rather
+#: than leaving the memory kept.
+FORGOTTEN_HANDSHAKE_FIELDS: tuple[tuple[str, object], ...] = (
+    ("http_request_data", b""),
+    ("http_response_data", b""),
+    ("http_headers", {}),
+    ("transport_details.peer_cert", None),
+)
+
+
 def forget_handshake(protocol) -> None:
     """
     Drop what Autobahn keeps of a finished opening handshake: the raw HTTP
     request and response, the parsed headers, and the peer certificate as a
     dict (about 5 KiB per connection, for nothing once the tunnel is open:
     the server keeps the few facts it needs itself).
+
+    Each field in L{FORGOTTEN_HANDSHAKE_FIELDS} must exist: a missing one
+    raises C{AttributeError} (Autobahn renamed it) instead of being skipped.
     """
-    protocol.http_request_data = b""
-    protocol.http_response_data = b""
-    protocol.http_headers = {}
-    details = getattr(protocol, "_transport_details", None)
-    if details is not None and getattr(details, "_peer_cert", None) is not None:
-        details._peer_cert = None
+    for path, empty in FORGOTTEN_HANDSHAKE_FIELDS:
+        *parents, name = path.split(".")
+        owner = protocol
+        for parent in parents:
+            owner = getattr(owner, parent)
+        if owner is None:
+            continue  # no transport details (a protocol never connected)
+        getattr(owner, name)  # AttributeError if Autobahn no longer has it
+        setattr(owner, name, copy.copy(empty))  # a dict of its own for each protocol
