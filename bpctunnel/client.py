@@ -10,6 +10,7 @@ from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.internet import ClientService
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
@@ -18,7 +19,8 @@ from bpctunnel.client_config import ClientConfig, InlinePem, pem_and_source
 from bpctunnel.errors import ConfigError, ProtocolError
 from bpctunnel.http_proxy import HTTPConnectEndpoint
 from bpctunnel.mux import Channel, Multiplexer
-from bpctunnel.retry import RetryPolicy, needs_admin
+from bpctunnel.refusals import Refusal, advice_for
+from bpctunnel.retry import RetryPolicy
 from bpctunnel.rsync_bridge import RsyncLauncher, log_daemon_identity
 from bpctunnel.rsyncd_conf import read_rsyncd_conf
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
@@ -27,23 +29,6 @@ from bpctunnel.tls_bulk import wrap_client_tls
 from bpctunnel.websocket_fast import FastBinaryMixin
 
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]: (.*?)\"?\)?$")
-
-#: What the laptop's user can do about each refusal.
-ADVICE = {
-    "unknown host": "ask the BackupPC admin to add this host to BackupPC's hosts file",
-    "fingerprint mismatch": (
-        "this certificate is not (or no longer) registered; ask the BackupPC admin "
-        "for a new bundle (bpctunnel renew HOST)"
-    ),
-    "host config error": "ask the BackupPC admin to fix the host's config on the server",
-    "already connected": (
-        "another client with this certificate is connected; retrying in case it is "
-        "this laptop's old connection"
-    ),
-    "port unavailable": "the server cannot open this host's port; retrying",
-    "unsupported protocol version": "install the bpctunnel version the server runs",
-}
-
 
 #: What TLS alerts from the server mean for the laptop's user.
 TLS_ADVICE = {
@@ -82,14 +67,6 @@ def refusal_from_close_reason(reason: str | None) -> tuple[int, str] | None:
     if match is None:
         return None
     return int(match.group(1)), match.group(2)
-
-
-def advice_for(refusal: str) -> str:
-    """What to do about a refusal whose text starts with a known reason."""
-    for reason, advice in ADVICE.items():
-        if refusal.startswith(reason):
-            return advice
-    return "see the server's log"
 
 
 class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
@@ -164,8 +141,9 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
             refusal = (403, reason)
         if refusal is not None:
             status, text = refusal
+            known = Refusal.from_text(text)
             retry = ""
-            if needs_admin(text):
+            if known is not None and known.needs_admin:
                 retry = f" (retrying every {duration(self.factory.retry_policy.maximum)} until then)"
             self._log.error(
                 "refused by server: {refusal}; {advice}{retry}",
@@ -173,6 +151,7 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
                 advice=advice_for(text),
                 retry=retry,
                 http_status=status,
+                refusal_code=known.code if known is not None else None,
             )
         elif tls_advice(reason) is not None:
             self._log.error("TLS with {url} failed: {reason}; {advice}", url=self.factory.config.server,
@@ -293,6 +272,8 @@ def client_endpoint(reactor, config: ClientConfig, tls=None):
 class TunnelClientService(ClientService):
     """Keeps the tunnel up, reconnecting with backoff; closes it cleanly on stop."""
 
+    _described = None
+
     def __init__(self, endpoint, factory: TunnelClientFactory, clock):
         super().__init__(endpoint, factory, retryPolicy=factory.retry_policy, clock=clock)
         self.factory = factory
@@ -301,13 +282,18 @@ class TunnelClientService(ClientService):
     def startService(self):
         launcher = self.factory.accept_channel
         if isinstance(launcher, RsyncLauncher):
-            log_daemon_identity(self.reactor, launcher.rsync, launcher.rsyncd_conf, launcher.euid)
+            # `rsync --version`, for the log; stopping waits for it (milliseconds).
+            self._described = log_daemon_identity(self.reactor, launcher.rsync,
+                                                  launcher.rsyncd_conf, launcher.euid)
         return super().startService()
 
     def stopService(self):
         if self.factory.current is not None:
             self.factory.current.close_tunnel("the client is stopping")
-        return super().stopService()
+        stopped = super().stopService()
+        if self._described is None or self._described.called:
+            return stopped
+        return gatherResults([stopped, self._described], consumeErrors=True)
 
 
 def make_client_service(reactor, config: ClientConfig, factory: TunnelClientFactory | None = None,

@@ -5,6 +5,8 @@ Every error a person may see derives from L{BpcTunnelError}; its message says
 what went wrong, the offending value, and how to fix it.
 """
 
+from bpctunnel.refusals import Refusal
+
 
 class BpcTunnelError(Exception):
     """Base class of every bpctunnel error."""
@@ -30,15 +32,24 @@ class Refused(BpcTunnelError):
     """
     A client is refused a tunnel; C{str(self)} is shown to the client and logged.
 
-    C{reason} is a short fixed phrase that starts the message, C{http_status}
-    the status the server answers with; C{host} and C{detail} are kept.
+    C{refusal} is the L{Refusal} member of a subclass: its words start the
+    message (as C{reason}), its status is the one the server answers with (as
+    C{http_status}); C{host} and C{detail} are kept.
     """
 
+    refusal: Refusal | None = None
     reason = "refused"
     http_status = 403
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.refusal is not None:
+            cls.reason = cls.refusal.words
+            cls.http_status = cls.refusal.http_status
+
     def __init__(self, host, detail):
-        super().__init__(f"{self.reason} for {host}: {detail}")
+        super().__init__(self.refusal.text(host, detail) if self.refusal is not None
+                         else f"{self.reason} for {host}: {detail}")
         self.host = host
         self.detail = detail
 
@@ -46,36 +57,31 @@ class Refused(BpcTunnelError):
 class UnknownHost(Refused):
     """The certificate names no valid host listed in BackupPC's hosts file."""
 
-    reason = "unknown host"
-    http_status = 403
+    refusal = Refusal.UNKNOWN_HOST
 
 
 class FingerprintMismatch(Refused):
     """The certificate is not the one the host's config names in TunnelCert."""
 
-    reason = "fingerprint mismatch"
-    http_status = 403
+    refusal = Refusal.FINGERPRINT_MISMATCH
 
 
 class HostConfigInvalid(Refused):
     """The host's BackupPC config cannot be read or lacks a valid setting."""
 
-    reason = "host config error"
-    http_status = 403
+    refusal = Refusal.HOST_CONFIG_ERROR
 
 
 class AlreadyConnected(Refused):
     """The host already has a tunnel open."""
 
-    reason = "already connected"
-    http_status = 409
+    refusal = Refusal.ALREADY_CONNECTED
 
 
 class PortUnavailable(Refused):
     """The host's tunnel port cannot be listened on."""
 
-    reason = "port unavailable"
-    http_status = 503
+    refusal = Refusal.PORT_UNAVAILABLE
 
 
 class EditRefused(ConfigError):

@@ -3,12 +3,18 @@ The server's Prometheus metrics (C{GET /metrics}), via C{prometheus-client}.
 
 Byte and channel counts are read from the live tunnels when scraped, plus
 what closed tunnels had carried, so the data path never touches a metric.
+
+No label value comes from what a peer sent: refusal reasons are the codes of
+L{bpctunnel.refusals.Refusal}, host names those of authorized tunnels (names
+listed in BackupPC's hosts file), results a fixed pair.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from bpctunnel.refusals import Refusal
 
 
 class ServerMetrics:
@@ -18,6 +24,7 @@ class ServerMetrics:
         self.tunnels = registry_of_tunnels
         self.registry = CollectorRegistry()
         self.handshakes = Counter("bpctunnel_handshakes", "Tunnels opened.", registry=self.registry)
+        #: Count refusals with L{refused}: its labels are L{Refusal} codes only.
         self.refusals = Counter("bpctunnel_refusals", "Tunnels refused, by reason.", ["reason"],
                                 registry=self.registry)
         self.ping_rtt = Histogram(
@@ -29,6 +36,12 @@ class ServerMetrics:
         self._closed_bytes: dict[tuple[str, str], int] = {}
         self._closed_channels = 0
         self.registry.register(self)
+
+    def refused(self, refusal: Refusal) -> None:
+        """Count one refusal; its C{reason} label is the member's code."""
+        if not isinstance(refusal, Refusal):
+            raise TypeError(f"refusals are counted by Refusal member, not {refusal!r}")
+        self.refusals.labels(refusal.code).inc()
 
     def tunnel_closed(self, tunnel) -> None:
         """Keep what a closing tunnel carried in the totals."""

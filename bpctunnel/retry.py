@@ -4,7 +4,7 @@ How long the client waits before it tries the server again.
 Twisted's C{ClientService} counts failed TCP connections, but a tunnel the
 server refuses is a TCP connection that succeeded; so the policy also counts
 tunnels that closed before they opened.  A refusal only the BackupPC admin can
-fix (C{unknown host}, C{fingerprint mismatch}, ...) backs off to the cap at
+fix (a L{bpctunnel.refusals.Refusal} that C{needs_admin}) backs off to the cap at
 once: hammering the server would not help.  Jitter (each wait is between half
 and all of its delay) spreads a fleet's reconnections after a server restart,
 and never takes a wait past the cap.
@@ -17,14 +17,9 @@ from typing import Callable
 
 import attrs
 
-#: Refusals that retrying cannot cure; the admin has to act.
-NEEDS_ADMIN = ("unknown host", "fingerprint mismatch", "host config error",
-               "unsupported protocol version", "no tunnel at")
+from bpctunnel.refusals import needs_admin
 
-
-def needs_admin(refusal: str | None) -> bool:
-    """Whether a refusal's words say that only an admin can fix it."""
-    return bool(refusal) and refusal.startswith(NEEDS_ADMIN)
+__all__ = ["RetryPolicy", "needs_admin"]
 
 
 @attrs.define

@@ -52,6 +52,7 @@ from bpctunnel.local import LocalListenerFactory
 from bpctunnel.metrics import ServerMetrics
 from bpctunnel.mux import Multiplexer
 from bpctunnel.pki import common_name, fingerprint_sha256, not_after
+from bpctunnel.refusals import Refusal
 from bpctunnel.registry import TunnelRegistry
 from bpctunnel.tls import peer_certificate_der
 from bpctunnel.timers import ReactorTimer, cancel_close_timeout
@@ -165,24 +166,28 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
         # address is only known once the header has been read.
         self.peer_address = _peer_of(self.transport)
         if request.path != TUNNEL_PATH:
-            self._deny(404, f"no tunnel at {request.path[:100]}; the path is {TUNNEL_PATH}")
+            wrong = Refusal.WRONG_PATH
+            self._deny(wrong, f"{wrong.words} {request.path[:100]}; the path is {TUNNEL_PATH}")
         if request.headers.get(framing.ROLE_HEADER.lower()) == "backup-now":
             self.role = "backup-now"
         if framing.SUBPROTOCOL not in request.protocols:
             offered = ", ".join(request.protocols)[:100] or "none"
             self._deny(
-                426,
-                f"unsupported protocol version: the client offers {offered}, this server "
+                Refusal.UNSUPPORTED_PROTOCOL,
+                f"{Refusal.UNSUPPORTED_PROTOCOL.words}: the client offers {offered}, this server "
                 f"speaks {framing.SUBPROTOCOL}; install the same bpctunnel version on both",
             )
         return maybeDeferred(self._authorize).addCallbacks(
             lambda _: framing.SUBPROTOCOL, self._refuse
         )
 
-    def _deny(self, status: int, reason: str):
-        self._log.warn("refused {peer}: {reason}", peer=self.peer_address, reason=reason)
-        self.factory.metrics.refusals.labels(reason.split(":")[0].split(";")[0]).inc()
-        raise ConnectionDeny(status, _reason_phrase(reason))
+    def _deny(self, refusal: Refusal, reason: str):
+        # The reason may quote what the peer sent (its path, its protocols):
+        # it goes to the log and back to the peer, never into a metric label.
+        self._log.warn("refused {peer}: {reason}", peer=self.peer_address, reason=reason,
+                       refusal_code=refusal.code)
+        self.factory.metrics.refused(refusal)
+        raise ConnectionDeny(refusal.http_status, _reason_phrase(reason))
 
     def _authorize(self) -> Deferred:
         der = peer_certificate_der(self.transport)
@@ -233,27 +238,31 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
         )
 
     def _refuse(self, failure):
-        reason = failure.value.reason if failure.check(Refused) else "server error"
-        self.factory.metrics.refusals.labels(reason).inc()
         if failure.check(Refused):
             error = failure.value
+            refusal = error.refusal or Refusal.INTERNAL_ERROR
+            self.factory.metrics.refused(refusal)
             self._log.warn(
                 "refused {client_name} from {peer}: {reason}",
                 client_name=error.host,
                 peer=self.peer_address,
                 reason=str(error),
                 refusal=error.reason,
+                refusal_code=refusal.code,
             )
             raise ConnectionDeny(error.http_status, _reason_phrase(str(error)))
         if failure.check(BpcTunnelError):
+            refusal = Refusal.SERVER_CONFIG_ERROR
+            self.factory.metrics.refused(refusal)
             self._log.error(
                 "cannot serve {peer}: {error}", peer=self.peer_address, error=failure.getErrorMessage()
             )
-            raise ConnectionDeny(
-                503, "server configuration error; the BackupPC admin must check the server log"
-            )
+            raise ConnectionDeny(refusal.http_status,
+                                 f"{refusal.words}; the BackupPC admin must check the server log")
+        refusal = Refusal.INTERNAL_ERROR
+        self.factory.metrics.refused(refusal)
         self._log.failure("unexpected error authorizing {peer}", failure, peer=self.peer_address)
-        raise ConnectionDeny(500, "internal server error; see the server log")
+        raise ConnectionDeny(refusal.http_status, f"{refusal.words}; see the server log")
 
     def onOpen(self) -> None:
         self._authenticated()
@@ -583,11 +592,13 @@ class TunnelServerFactory(WebSocketServerFactory):
         settings = self.settings
         if self._unauthenticated.get(ip, 0) >= settings.max_unauthenticated:
             self._dropped(peer, f"more than {settings.max_unauthenticated} connections from "
-                                f"{ip} have not authenticated yet", "too many from one address")
+                                f"{ip} have not authenticated yet",
+                          Refusal.TOO_MANY_FROM_ONE_ADDRESS)
             return False
         if self._handshaking >= settings.max_handshakes:
             self._dropped(peer, f"{settings.max_handshakes} connections are in their handshakes "
-                                f"already (--max-handshakes); the client retries later", "busy")
+                                f"already (--max-handshakes); the client retries later",
+                          Refusal.BUSY)
             return False
         self._unauthenticated[ip] = self._unauthenticated.get(ip, 0) + 1
         self._handshaking += 1
@@ -602,8 +613,8 @@ class TunnelServerFactory(WebSocketServerFactory):
         else:
             self._unauthenticated[ip] = count
 
-    def _dropped(self, peer: str, why: str, label: str) -> None:
-        self.metrics.refusals.labels(label).inc()
+    def _dropped(self, peer: str, why: str, refusal: Refusal) -> None:
+        self.metrics.refused(refusal)
         self._drops += 1
         now = self.reactor.seconds()
         if self._last_drop_log is None or now - self._last_drop_log >= DROP_LOG_INTERVAL:

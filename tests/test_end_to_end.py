@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 from bpctunnel import pki
 from bpctunnel.client_config import find_rsync
 from bpctunnel.demo import rsync_pull
+from bpctunnel.refusals import Refusal
 from bpctunnel.rsync_bridge import log_daemon_identity
 from bpctunnel.sandbox import (
     Sandbox,
@@ -218,6 +219,16 @@ class RefusalTests(TunnelTestCase):
         client_line = yield self.logs.wait_for(f"refused by server: {words}")
         server_line = yield self.logs.wait_for(server_words or f"refused {host} from 127.0.0.1:")
         self.assertIn(words, server_line)
+        # Counted under its member's code, and only codes are label values.
+        refusal = Refusal.from_text(words)
+        self.assertIsNotNone(refusal, words)
+        registry = self.server.factory.metrics.registry
+        self.assertGreaterEqual(registry.get_sample_value("bpctunnel_refusals_total",
+                                                          {"reason": refusal.code}), 1)
+        labels = {sample.labels["reason"] for metric in registry.collect()
+                  for sample in metric.samples if sample.name == "bpctunnel_refusals_total"}
+        self.assertEqual(labels, {refusal.code})
+        self.assertIn(refusal.advice, client_line)
         # The server goes on serving others.
         good = make_sample_tree(self.root / f"good-{host}")
         _, port, _ = yield self.connected_client(f"good-{host}", {"m": good})

@@ -24,13 +24,17 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import globalLogPublisher
 
+import treq
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bpctunnel import framing
+from bpctunnel.refusals import Refusal
 from bpctunnel.sandbox import free_port, make_sample_tree
-from bpctunnel.tls import MINIMUM_TLS_VERSION
+from bpctunnel.tls import MINIMUM_TLS_VERSION, client_tls_options
 from tests.helpers import TIMEOUT, tcp_connect
 from tests.test_end_to_end import TunnelTestCase
+from tests.test_status import http_pool
 
 #: The server's limit on one WebSocket message (and frame), in bytes.
 MAX_MESSAGE = 1024 * 1024
@@ -524,3 +528,72 @@ class HandshakeLimitTests(TunnelTestCase):
         self.assertEqual(self.server_events, [("up", "laptop1")])
         metrics = generate_latest(self.server.factory.metrics.registry).decode()
         self.assertRegex(metrics, r'bpctunnel_refusals_total\{reason="busy"\} [2-9]')
+
+
+def upgrade_request(path: str) -> bytes:
+    """A WebSocket opening handshake for C{path}, as a client sends it."""
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {framing.SUBPROTOCOL}"
+            f"\r\n\r\n").encode()
+
+
+class RefusalCardinalityTests(TunnelTestCase):
+    """
+    Issue 15, acceptance 3: what a peer sends never becomes a metric label.
+    Any holder of a certificate the CA signed (a revoked one too) reaches the
+    opening handshake; 25 different bad paths make one refusal series, not 25.
+    """
+
+    @inlineCallbacks
+    def upgrade(self, files, path: str) -> bytes:
+        """Open TLS with C{files}' certificate, ask for C{path}; the server's whole answer."""
+        # The TLS options the real client uses: mutual TLS with a signed certificate.
+        tls = client_tls_options("127.0.0.1", files.ca, files.cert, files.key)
+        endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.server.port.getHost().port))
+        protocol = RawProtocol(upgrade_request(path))
+        yield connectProtocol(endpoint, protocol).addTimeout(TIMEOUT, reactor)
+        answer = yield protocol.lost.addTimeout(TIMEOUT, reactor)
+        return answer
+
+    @inlineCallbacks
+    def scrape(self) -> list:
+        """The samples of C{bpctunnel_refusals_total} in GET /metrics, parsed."""
+        response = yield treq.get(self.server.api_url + "/metrics",
+                                  pool=http_pool(self)).addTimeout(TIMEOUT, reactor)
+        self.assertEqual(response.code, 200)
+        text = yield response.text()
+        return [sample for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == "bpctunnel_refusals_total"]
+
+    @inlineCallbacks
+    def test_bad_paths_make_one_series(self):
+        registered = self.sandbox.issue_client("laptop1")
+        self.sandbox.register("laptop1", free_port(), registered.fingerprint)
+        revoked = self.sandbox.issue_client("laptop2")
+        self.sandbox.register("laptop2", free_port(), None)  # no TunnelCert: revoked
+        stranger = self.sandbox.issue_client("stranger")  # signed, in no hosts file
+        odd = ['/"}', "/a\\b", "/%0a", "/metrics", "/tunnel/", "/TUNNEL", "/tunnelx?y=1",
+               "/" + "x" * 300, "/é"]
+        paths = odd + [f"/bad-{n}" for n in range(25 - len(odd))]
+        self.assertEqual(len(set(paths)), 25)
+        bundles = [registered, revoked, stranger]
+        for n, path in enumerate(paths):
+            answer = yield self.upgrade(bundles[n % len(bundles)], path)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 404 no tunnel at /"), answer[:200])
+            self.assertIn(b"; the path is /tunnel", answer)
+        self.assertEqual(len(self.logs.matching("refused 127.0.0.1:")), 25)
+
+        samples = yield self.scrape()
+        self.assertEqual([(s.labels, s.value) for s in samples],
+                         [({"reason": Refusal.WRONG_PATH.code}, 25.0)])
+        # Every label value is a code, whatever else was refused meanwhile.
+        codes = {member.code for member in Refusal}
+        client, _, _ = self.add_client("laptop3", {"m": self.root}, register=False)
+        yield client.events.next("closed").addTimeout(TIMEOUT, reactor)
+        yield client.stop()
+        samples = yield self.scrape()
+        self.assertEqual({s.labels["reason"]: s.value for s in samples},
+                         {Refusal.WRONG_PATH.code: 25.0, Refusal.UNKNOWN_HOST.code: 1.0})
+        self.assertLessEqual({s.labels["reason"] for s in samples}, codes)

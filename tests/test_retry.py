@@ -3,6 +3,7 @@
 from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel.client import duration
+from bpctunnel.refusals import Refusal
 from bpctunnel.retry import RetryPolicy, needs_admin
 
 
@@ -55,6 +56,29 @@ class RetryPolicyTests(SynchronousTestCase):
         self.assertFalse(needs_admin("already connected for x: y"))
         self.assertFalse(needs_admin("port unavailable for x: y"))
         self.assertFalse(needs_admin(None))
+
+    def test_policy_follows_the_enum(self):
+        """Each refusal's text backs off to the cap at once exactly if its member needs_admin."""
+        for refusal in Refusal:
+            if refusal.words is None:
+                continue
+            with self.subTest(refusal=refusal):
+                policy = self.policy()
+                text = refusal.text("laptop1", "some detail")
+                self.assertEqual(needs_admin(text), refusal.needs_admin)
+                policy.tunnel_failed(text)
+                self.assertEqual(policy(1), 300.0 if refusal.needs_admin else 1.0)
+                self.assertEqual(policy.admin_refusal, text if refusal.needs_admin else None)
+        self.assertEqual({r for r in Refusal if r.needs_admin},
+                         {Refusal.UNKNOWN_HOST, Refusal.FINGERPRINT_MISMATCH,
+                          Refusal.HOST_CONFIG_ERROR, Refusal.UNSUPPORTED_PROTOCOL,
+                          Refusal.WRONG_PATH})
+
+    def test_unknown_text_is_retried(self):
+        """Words no server version sends are not taken for an admin refusal."""
+        self.assertFalse(needs_admin("unknown"))
+        self.assertFalse(needs_admin("something new for x: unknown host"))
+        self.assertFalse(needs_admin(""))
 
     def test_duration_words(self):
         self.assertEqual([duration(s) for s in (1, 30, 300)], ["1 second", "30 seconds", "5 minutes"])

@@ -119,7 +119,7 @@ class StatusApiTests(TunnelTestCase):
                 samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
         self.assertEqual(samples[("bpctunnel_tunnels_connected", ())], 1)
         self.assertEqual(samples[("bpctunnel_handshakes_total", ())], 1)
-        self.assertEqual(samples[("bpctunnel_refusals_total", (("reason", "unknown host"),))], 1)
+        self.assertEqual(samples[("bpctunnel_refusals_total", (("reason", "unknown_host"),))], 1)
         self.assertEqual(samples[("bpctunnel_channels_opened_total", ())], 1)
         self.assertGreater(samples[("bpctunnel_bytes_total", (("direction", "from_client"),
                                                                ("host", "laptop1")))], 70_000)
