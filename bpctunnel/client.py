@@ -282,7 +282,8 @@ class TunnelClientService(ClientService):
     def startService(self):
         launcher = self.factory.accept_channel
         if isinstance(launcher, RsyncLauncher):
-            # `rsync --version`, for the log; stopping waits for it (milliseconds).
+            # `rsync --version`, for the log; stopping waits for it (milliseconds),
+            # and for every rsync daemon it stops.
             self._described = log_daemon_identity(self.reactor, launcher.rsync,
                                                   launcher.rsyncd_conf, launcher.euid)
         return super().startService()
@@ -291,9 +292,13 @@ class TunnelClientService(ClientService):
         if self.factory.current is not None:
             self.factory.current.close_tunnel("the client is stopping")
         stopped = super().stopService()
-        if self._described is None or self._described.called:
-            return stopped
-        return gatherResults([stopped, self._described], consumeErrors=True)
+        waits = [stopped]
+        if self._described is not None and not self._described.called:
+            waits.append(self._described)
+        launcher = self.factory.accept_channel
+        if isinstance(launcher, RsyncLauncher):
+            waits.append(launcher.stop_all("the client is stopping"))
+        return gatherResults(waits, consumeErrors=True)
 
 
 def make_client_service(reactor, config: ClientConfig, factory: TunnelClientFactory | None = None,

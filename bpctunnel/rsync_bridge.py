@@ -37,7 +37,7 @@ import socket
 from pathlib import Path
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorProcess, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -157,6 +157,8 @@ class RsyncProcessProtocol(ProcessProtocol):
         self._aborted = False
         self._greeting = ModuleSniffer()
         self.started = clock.seconds()
+        #: Fires once rsync has exited and its pipes are closed.
+        self.done = Deferred()
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -254,6 +256,7 @@ class RsyncProcessProtocol(ProcessProtocol):
         if self.socket is None:
             self._socket_ended = True   # rsync never got its socket
         self._maybe_finished()
+        self.done.callback(None)
 
     def _maybe_finished(self) -> None:
         # Only once rsync has exited AND its end of the socket has ended:
@@ -328,6 +331,16 @@ class RsyncLauncher:
     rsyncd_conf: Path
     client_name: str = ""
     euid: int = attrs.field(factory=os.geteuid)
+    #: The rsync daemons running now.
+    running: set = attrs.field(factory=set, eq=False)
+
+    def stop_all(self, reason: str) -> Deferred:
+        """Stop every running rsync; fires once all have exited."""
+        waiting = []
+        for protocol in list(self.running):
+            protocol.abort(reason)
+            waiting.append(protocol.done)
+        return gatherResults(waiting, consumeErrors=True)
 
     def __call__(self, channel: Channel) -> RsyncProcessProtocol:
         protocol = RsyncProcessProtocol(channel, self.reactor, self.client_name,
@@ -343,6 +356,8 @@ class RsyncLauncher:
             except OSError as e:
                 channel.reset(f"the client could not start {self.rsync}: {e}")
                 return protocol
+            self.running.add(protocol)
+            protocol.done.addBoth(lambda _: self.running.discard(protocol))
             # The reactor keeps a duplicate of our end; both originals close
             # below, so rsync's exit shows as the end of the socket.
             self.reactor.adoptStreamConnection(
