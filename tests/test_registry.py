@@ -128,13 +128,18 @@ class ProbeUnansweredTests(RegistryTestCase):
         [warning] = [e for e in events if e["log_format"].startswith("replacing the tunnel")]
         self.assertEqual((warning["client_name"], warning["timeout"]), ("laptop", 5.0))
 
-    def test_takeover_after_timeout(self):
-        """With a probe that times out on a clock, the newcomer wins after probe_timeout."""
+    def claim_over_clocked_tunnel(self):
+        """A registry (probe timeout 2.5 s) whose host has a tunnel probed on a
+        clock, and the newcomer's pending claim: (clock, registry, old, claim)."""
         clock = Clock()
         registry = TunnelRegistry(probe_timeout=2.5)
         old = ClockedTunnel("old", clock)
         self.successResultOf(registry.claim("laptop", old))
-        d = registry.claim("laptop", self.new)
+        return clock, registry, old, registry.claim("laptop", self.new)
+
+    def test_takeover_after_timeout(self):
+        """With a probe that times out on a clock, the newcomer wins after probe_timeout."""
+        clock, registry, old, d = self.claim_over_clocked_tunnel()
         clock.advance(2.4)
         self.assertIs(registry.get("laptop"), old)
         self.assertEqual(old.replaced, [])
@@ -144,11 +149,7 @@ class ProbeUnansweredTests(RegistryTestCase):
         self.successResultOf(d)
 
     def test_answer_before_timeout(self):
-        clock = Clock()
-        registry = TunnelRegistry(probe_timeout=2.5)
-        old = ClockedTunnel("old", clock)
-        self.successResultOf(registry.claim("laptop", old))
-        d = registry.claim("laptop", self.new)
+        clock, registry, old, d = self.claim_over_clocked_tunnel()
         clock.advance(1)
         old.answer(True)
         self.failureResultOf(d, AlreadyConnected)
