@@ -25,7 +25,7 @@ from _report import *  # noqa: F401,F403
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))  # "python bench/x.py" from anywhere
 
-from bpctunnel.sandbox import Sandbox, free_port  # noqa: E402,F401
+from bpctunnel.testing.sandbox import Sandbox, free_port  # noqa: E402,F401
 
 STANDIN = Path(__file__).resolve().parent / "_standin.py"
 MB = 1e6

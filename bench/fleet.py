@@ -38,10 +38,10 @@ from twisted.internet.task import LoopingCall, deferLater  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
 from bpctunnel import pki  # noqa: E402
-from bpctunnel.client import TunnelClientFactory, TunnelClientService  # noqa: E402
-from bpctunnel.client_config import ClientConfig  # noqa: E402
-from bpctunnel.sandbox import HOSTS_HEADER, Sandbox, host_config_text  # noqa: E402
-from bpctunnel.tls import client_tls_options_from  # noqa: E402
+from bpctunnel.client.protocol import TunnelClientFactory, TunnelClientService  # noqa: E402
+from bpctunnel.client.config import ClientConfig  # noqa: E402
+from bpctunnel.testing.sandbox import HOSTS_HEADER, Sandbox, host_config_text  # noqa: E402
+from bpctunnel.transport.tls import client_tls_options_from  # noqa: E402
 
 FIRST_PORT = 20000
 

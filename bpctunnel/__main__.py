@@ -1,5 +1,5 @@
 """python -m bpctunnel: the bpctunnel command."""
 
-from bpctunnel.cli import main
+from bpctunnel.admin.cli import main
 
 main()

@@ -16,13 +16,15 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bpctunnel import admin, health, pki
-from bpctunnel.admin import AdminError, Paths
-from bpctunnel.backuppc import authorize, read_hosts, read_perl_config
-from bpctunnel.client_config import find_rsync
-from bpctunnel.demo import rsync_pull
-from bpctunnel.health import format_table, inspect_hosts
-from bpctunnel.sandbox import HOSTS_HEADER, make_sample_tree, start_client, start_server, tree_digest
+from bpctunnel.admin import commands as admin
+from bpctunnel.admin import checks as health
+from bpctunnel import pki
+from bpctunnel.admin.commands import AdminError, Paths
+from bpctunnel.backuppc.hosts import authorize, read_hosts, read_perl_config
+from bpctunnel.client.config import find_rsync
+from bpctunnel.admin.demo import rsync_pull
+from bpctunnel.admin.checks import format_table, inspect_hosts
+from bpctunnel.testing.sandbox import HOSTS_HEADER, make_sample_tree, start_client, start_server, tree_digest
 from tests.helpers import TIMEOUT, LogCapture, run_cli, temp_dir
 
 
@@ -305,7 +307,7 @@ class CheckTests(SynchronousTestCase):
 
     def test_unreadable_for_backuppc(self):
         """Run as root, check still sees what BackupPC's user cannot read."""
-        from bpctunnel.permissions import Account
+        from bpctunnel.admin.permissions import Account
 
         nobody = Account.named("nobody")
         os.chmod(self.config, 0o640)

@@ -1,5 +1,5 @@
 """
-Tests for L{bpctunnel.allocator}, each in a fresh Python process (malloc's
+Tests for L{bpctunnel.transport.allocator}, each in a fresh Python process (malloc's
 settings are per process and cannot be undone).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel.allocator import MMAP_THRESHOLD, keep_bulk_buffers
+from bpctunnel.transport.allocator import MMAP_THRESHOLD, keep_bulk_buffers
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 #: the process kept.
 PROBE = """
 import ctypes, json, sys
-from bpctunnel.allocator import keep_bulk_buffers
+from bpctunnel.transport.allocator import keep_bulk_buffers
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]

@@ -39,7 +39,7 @@ from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from bpctunnel.sandbox import Sandbox, free_port
+from bpctunnel.testing.sandbox import Sandbox, free_port
 from tests.fake_rsync import CHUNK, PatternChecker, pattern_chunk
 from tests.helpers import TIMEOUT, temp_dir, twistd
 

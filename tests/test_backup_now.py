@@ -18,8 +18,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel.backup_desk import BackupDesk
-from bpctunnel.backup_desk import (
+from bpctunnel.server.backup_requests import BackupDesk
+from bpctunnel.server.backup_requests import (
     MAX_COUNT,
     MAX_NAME_CHARS,
     MAX_NAMES,
@@ -27,11 +27,11 @@ from bpctunnel.backup_desk import (
     REPORT_GRACE,
     REPORT_POLL,
 )
-from bpctunnel.backup_now import (
+from bpctunnel.client.backup_now import (
     FAILED, NOT_STARTED, OK, BackupNow, Outcome, ProgressDisplay, clock_time, files_line,
     human_bytes,
 )
-from bpctunnel.backup_trigger import BackupReply, BackupRequest, BackupTrigger, HostStatus
+from bpctunnel.backuppc.server_mesg import BackupReply, BackupRequest, BackupTrigger, HostStatus
 from tests.helpers import TIMEOUT, run_cli, spawn, tcp_connect, temp_dir
 from tests.test_backup_trigger import NO_PING_REPLY, stand_in, status_stand_in
 from tests.test_end_to_end import TunnelTestCase
@@ -515,7 +515,7 @@ class BackupNowTestCase(TunnelTestCase):
 
     @staticmethod
     def free_port():
-        from bpctunnel.sandbox import free_port
+        from bpctunnel.testing.sandbox import free_port
 
         return free_port()
 

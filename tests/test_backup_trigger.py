@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
-from bpctunnel.backup_trigger import (
+from bpctunnel.backuppc.server_mesg import (
     BackupReply, BackupRequest, BackupTrigger, HostStatus, parse_status_reply,
 )
 from tests.helpers import TIMEOUT, run_cli, temp_dir

@@ -1,6 +1,6 @@
 """
-Tests for L{bpctunnel.backuppc} and the Perl config reader it re-exports from
-L{bpctunnel.perlconf}: BackupPC's real files, hosts-file rules, Perl value
+Tests for L{bpctunnel.backuppc.hosts} and the Perl config reader it re-exports from
+L{bpctunnel.backuppc.perlconf}: BackupPC's real files, hosts-file rules, Perl value
 shapes, malformed input, fingerprints and the order of authorization checks.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel import backuppc
-from bpctunnel.backuppc import (
+from bpctunnel.backuppc import hosts as backuppc
+from bpctunnel.backuppc.hosts import (
     HostEntry, PerlExpression, TUNNEL_CERT_RE, TunnelSettings, authorize,
     find_fingerprints, find_host_config, normalize_fingerprint, parse_hosts,
     parse_perl_config, read_hosts, read_perl_config, tunnel_settings,
@@ -1049,8 +1049,8 @@ class ModuleTests(SynchronousTestCase):
 
     def test_no_reactor(self):
         """Importing the module must not pull in the global reactor."""
-        import bpctunnel.perlconf as perlconf
-        import bpctunnel.perllex as perllex
+        import bpctunnel.backuppc.perlconf as perlconf
+        import bpctunnel.backuppc.perllex as perllex
         for module in (backuppc, perlconf, perllex):
             source = Path(module.__file__).read_text()
             self.assertNotIn("twisted.internet", source)

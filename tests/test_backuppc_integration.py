@@ -29,9 +29,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-from bpctunnel import tap_server
-from bpctunnel.backup_trigger import BackupRequest, BackupTrigger
-from bpctunnel.sandbox import free_port, make_sample_tree, start_client
+from bpctunnel.server import service as tap_server
+from bpctunnel.backuppc.server_mesg import BackupRequest, BackupTrigger
+from bpctunnel.testing.sandbox import free_port, make_sample_tree, start_client
 from tests.bpc_fixture import perl_string
 from tests.helpers import PROJECT_ROOT, TIMEOUT, spawn
 from tests.test_backuppc_real import RealBackupPCTestCase, snapshot

@@ -21,8 +21,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from bpctunnel.client_config import find_rsync
-from bpctunnel.sandbox import (
+from bpctunnel.client.config import find_rsync
+from bpctunnel.testing.sandbox import (
     Sandbox, free_port, make_sample_tree, rsyncd_conf_text, start_client, start_server,
     tree_digest,
 )

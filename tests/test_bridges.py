@@ -10,9 +10,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.logger import globalLogPublisher, formatEvent
 
-from bpctunnel import framing
-from bpctunnel.mux import Multiplexer
-from bpctunnel.rsync_bridge import (
+from bpctunnel.wire import framing
+from bpctunnel.wire.mux import Multiplexer
+from bpctunnel.client.rsync_daemon import (
     KILL_GRACE,
     RsyncLauncher,
     RsyncProcessProtocol,
@@ -20,8 +20,8 @@ from bpctunnel.rsync_bridge import (
     rsync_argv,
     user_log_file,
 )
-from bpctunnel.rsync_log import MAX_LOG_LINE, MAX_NAMES, TransferProblems, parse_log_line
-from bpctunnel.local import LocalConnectionProtocol
+from bpctunnel.client.rsync_log import MAX_LOG_LINE, MAX_NAMES, TransferProblems, parse_log_line
+from bpctunnel.server.backuppc_port import LocalConnectionProtocol
 from tests.helpers import temp_dir
 from tests.test_mux import Wire
 

@@ -1,5 +1,5 @@
 """
-Tests for L{bpctunnel.bulk_io}: closing a socket whose producer is paused,
+Tests for L{bpctunnel.transport.sockets}: closing a socket whose producer is paused,
 over real loopback sockets (the behaviour at stake is Twisted's transport's).
 """
 
@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from bpctunnel.bulk_io import SEND_SIZE, release_and_close, tune_for_bulk
+from bpctunnel.transport.sockets import SEND_SIZE, release_and_close, tune_for_bulk
 
 #: Well over what a socket buffer and Twisted's bufferSize hold, so that the
 #: writer's producer is paused when the close is asked for.

@@ -12,24 +12,24 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel import pki
-from bpctunnel.client import (
+from bpctunnel.client.protocol import (
     advice_for,
     client_endpoint,
     client_tls,
     refusal_from_close_reason,
     tls_advice,
 )
-from bpctunnel.client_config import (
+from bpctunnel.client.config import (
     InlinePem,
     load_client_config,
     parse_server_url,
     pem_and_source,
 )
 from bpctunnel.errors import CertificateError, ConfigError
-from bpctunnel.http_proxy import HTTPProxy
-from bpctunnel.listen_address import ListenAddress, parse_listen
-from bpctunnel.sandbox import Sandbox, free_port, make_sample_tree, start_client
-from bpctunnel.tls import server_tls_options
+from bpctunnel.transport.http_connect import HTTPProxy
+from bpctunnel.transport.listen_address import ListenAddress, parse_listen
+from bpctunnel.testing.sandbox import Sandbox, free_port, make_sample_tree, start_client
+from bpctunnel.transport.tls import server_tls_options
 from tests import test_end_to_end
 from tests.helpers import TIMEOUT, temp_dir
 from tests.test_tls import handshake

@@ -1,5 +1,5 @@
 """
-Tests for L{bpctunnel.confedit}: edits of BackupPC's real files checked
+Tests for L{bpctunnel.backuppc.confedit}: edits of BackupPC's real files checked
 against golden files, line by line and by BackupPC's own Perl reader;
 refusals; line endings; atomic writes; a property test through Perl.
 
@@ -23,14 +23,14 @@ from attrs import frozen
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel import confedit
-from bpctunnel.backuppc import HostEntry, parse_hosts
-from bpctunnel.confedit import (
+from bpctunnel.backuppc import confedit
+from bpctunnel.backuppc.hosts import HostEntry, parse_hosts
+from bpctunnel.backuppc.confedit import (
     add_host, perl_literal, remove_tunnel_cert, set_setting, set_tunnel_cert,
     write_atomically,
 )
 from bpctunnel.errors import ConfigError, EditRefused
-from bpctunnel.perlconf import PerlExpression, parse_perl_config, read_config_text
+from bpctunnel.backuppc.perlconf import PerlExpression, parse_perl_config, read_config_text
 
 DATA = Path(__file__).parent / "data" / "backuppc"
 GOLDEN = Path(__file__).parent / "data" / "confedit"

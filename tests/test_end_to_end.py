@@ -17,11 +17,11 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from bpctunnel import pki
-from bpctunnel.client_config import find_rsync
-from bpctunnel.demo import rsync_pull
+from bpctunnel.client.config import find_rsync
+from bpctunnel.admin.demo import rsync_pull
 from bpctunnel.refusals import Refusal
-from bpctunnel.rsync_bridge import log_daemon_identity
-from bpctunnel.sandbox import (
+from bpctunnel.client.rsync_daemon import log_daemon_identity
+from bpctunnel.testing.sandbox import (
     Sandbox,
     free_port,
     make_sample_tree,
@@ -320,7 +320,7 @@ class RefusalTests(TunnelTestCase):
         """A plain HTTP request (with a valid certificate) gets an HTTP error, no crash."""
         from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 
-        from bpctunnel.tls import client_tls_options
+        from bpctunnel.transport.tls import client_tls_options
 
         files = self.sandbox.issue_client("laptop1")
         received = []

@@ -1,11 +1,11 @@
-"""Tests for L{bpctunnel.framing}: bytes in, messages out, and back."""
+"""Tests for L{bpctunnel.wire.framing}: bytes in, messages out, and back."""
 
 import struct
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel import framing
+from bpctunnel.wire import framing
 from bpctunnel.errors import BadFrame
 
 channel_ids = st.integers(0, framing.MAX_CHANNEL_ID)

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from bpctunnel import pki
-from bpctunnel.sandbox import free_port, make_sample_tree
+from bpctunnel.testing.sandbox import free_port, make_sample_tree
 from tests.helpers import PROJECT_ROOT, TIMEOUT, spawn, temp_dir
 from tests.test_end_to_end import TunnelTestCase
 

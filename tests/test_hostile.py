@@ -28,10 +28,10 @@ import treq
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bpctunnel import framing
+from bpctunnel.wire import framing
 from bpctunnel.refusals import Refusal
-from bpctunnel.sandbox import free_port, make_sample_tree
-from bpctunnel.tls import MINIMUM_TLS_VERSION, client_tls_options
+from bpctunnel.testing.sandbox import free_port, make_sample_tree
+from bpctunnel.transport.tls import MINIMUM_TLS_VERSION, client_tls_options
 from tests.helpers import TIMEOUT, tcp_connect
 from tests.test_end_to_end import TunnelTestCase
 from tests.test_status import http_pool

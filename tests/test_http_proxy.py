@@ -1,5 +1,5 @@
 """
-Tests for bpctunnel.http_proxy: choosing the proxy, the CONNECT endpoint in
+Tests for bpctunnel.transport.http_connect: choosing the proxy, the CONNECT endpoint in
 memory (no sockets), TLS end to end through a proxy in memory, and a real
 rsync pull through a real proxy (tinyproxy).
 """
@@ -25,10 +25,11 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel import pki, tls
+from bpctunnel import pki
+from bpctunnel.transport import tls
 from bpctunnel.errors import BpcTunnelError, ConfigError
-from bpctunnel.client_config import bypasses_proxy, is_loopback, select_proxy
-from bpctunnel.http_proxy import (
+from bpctunnel.client.config import bypasses_proxy, is_loopback, select_proxy
+from bpctunnel.transport.http_connect import (
     MAX_HEADER_BYTES,
     HTTPConnectEndpoint,
     HTTPProxy,
@@ -36,7 +37,7 @@ from bpctunnel.http_proxy import (
     connect_request,
     parse_proxy_url,
 )
-from bpctunnel.sandbox import free_port, make_sample_tree
+from bpctunnel.testing.sandbox import free_port, make_sample_tree
 from tests.helpers import spawn, temp_dir
 from tests.test_end_to_end import TunnelTestCase
 

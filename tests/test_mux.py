@@ -1,5 +1,5 @@
 """
-Tests for L{bpctunnel.mux}: the channel life cycle, half-close and flow
+Tests for L{bpctunnel.wire.mux}: the channel life cycle, half-close and flow
 control, with two multiplexers wired back to back in memory (no sockets).
 """
 
@@ -9,9 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from bpctunnel import framing
+from bpctunnel.wire import framing
 from bpctunnel.errors import ProtocolError
-from bpctunnel.mux import MAX_DATA, Channel, ILocalEnd, Multiplexer
+from bpctunnel.wire.mux import MAX_DATA, Channel, ILocalEnd, Multiplexer
 
 
 @implementer(ILocalEnd)

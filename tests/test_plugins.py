@@ -16,9 +16,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from bpctunnel import pki
-from bpctunnel.client_config import find_rsync
-from bpctunnel.demo import rsync_pull
-from bpctunnel.sandbox import Sandbox, free_port, make_sample_tree, tree_digest
+from bpctunnel.client.config import find_rsync
+from bpctunnel.admin.demo import rsync_pull
+from bpctunnel.testing.sandbox import Sandbox, free_port, make_sample_tree, tree_digest
 from tests.helpers import TIMEOUT, spawn, temp_dir, twistd
 from tests.old_rsync import rsync_3_2_7
 

@@ -32,11 +32,11 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 
 from bpctunnel import pki
-from bpctunnel.status import make_api_site
-from bpctunnel.tap_server import LoggingEndpoint
-from bpctunnel.timers import ReactorTimer
-from bpctunnel.tls import client_tls_options_from, server_tls_options_from
-from bpctunnel.websocket_fast import (
+from bpctunnel.server.api import make_api_site
+from bpctunnel.server.service import LoggingEndpoint
+from bpctunnel.transport.autobahn_timers import ReactorTimer
+from bpctunnel.transport.tls import client_tls_options_from, server_tls_options_from
+from bpctunnel.transport.websocket_fast import (
     FORGOTTEN_HANDSHAKE_FIELDS, FastBinaryMixin, forget_handshake)
 
 
@@ -77,7 +77,7 @@ class FakeMetrics:
 
 
 class FakeFactory:
-    """What the status API reads of a L{bpctunnel.server.TunnelServerFactory}."""
+    """What the status API reads of a L{bpctunnel.server.protocol.TunnelServerFactory}."""
 
     def __init__(self, *tunnels):
         self.registry = {t.host: t for t in tunnels}

@@ -14,8 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import bpctunnel
 from bpctunnel import errors
-from bpctunnel.client import advice_for
-from bpctunnel.metrics import ServerMetrics
+from bpctunnel.client.protocol import advice_for
+from bpctunnel.server.metrics import ServerMetrics
 from bpctunnel.refusals import UNKNOWN_ADVICE, Refusal, needs_admin
 
 #: Refusal texts as servers wrote them (this one and every earlier one: the
@@ -200,11 +200,11 @@ class OnePlaceTests(SynchronousTestCase):
         words = {member.words for member in Refusal if member.words is not None}
         package = Path(bpctunnel.__file__).parent
         found = []
-        for path in sorted(package.glob("*.py")):
+        for path in sorted(package.rglob("*.py")):
             if path.name == "refusals.py":
                 continue
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
                     if any(node.value.startswith(w) for w in words):
-                        found.append(f"{path.name}:{node.lineno}: {node.value[:60]!r}")
+                        found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value[:60]!r}")
         self.assertEqual(found, [])

@@ -1,5 +1,5 @@
 """
-In-memory tests of L{bpctunnel.registry.TunnelRegistry}: no sockets, no real
+In-memory tests of L{bpctunnel.server.tunnels.TunnelRegistry}: no sockets, no real
 time.  The tunnels are fakes whose probes are Deferreds fired by hand (or by
 a L{Clock} for the probe timeout), so each branch of C{claim}'s race is
 reached on purpose.
@@ -13,7 +13,7 @@ from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from bpctunnel.errors import AlreadyConnected
-from bpctunnel.registry import TunnelRegistry
+from bpctunnel.server.tunnels import TunnelRegistry
 
 
 class FakeTunnel:

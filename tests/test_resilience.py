@@ -16,9 +16,9 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from bpctunnel import admin
-from bpctunnel.admin import Paths
-from bpctunnel.sandbox import free_port, make_sample_tree, start_server
+from bpctunnel.admin import commands as admin
+from bpctunnel.admin.commands import Paths
+from bpctunnel.testing.sandbox import free_port, make_sample_tree, start_server
 from tests.helpers import TIMEOUT, FreezableProxy, tcp_connect, temp_dir, twistd
 from tests.test_end_to_end import TunnelTestCase
 
@@ -245,7 +245,7 @@ class NoStarvationTests(TunnelTestCase):
         """
         from twisted.internet.protocol import ProcessProtocol
 
-        from bpctunnel.local import LocalConnectionProtocol
+        from bpctunnel.server.backuppc_port import LocalConnectionProtocol
 
         big = make_sample_tree(self.root / "big", large_file_bytes=100 * 1024 * 1024)
         small = make_sample_tree(self.root / "small", seed=7)

@@ -2,9 +2,9 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel.client import duration
+from bpctunnel.client.protocol import duration
 from bpctunnel.refusals import Refusal
-from bpctunnel.retry import RetryPolicy, needs_admin
+from bpctunnel.client.retry import RetryPolicy, needs_admin
 
 
 class RetryPolicyTests(SynchronousTestCase):

@@ -14,7 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.client import HTTPConnectionPool
 
-from bpctunnel.sandbox import make_sample_tree
+from bpctunnel.testing.sandbox import make_sample_tree
 from tests.helpers import TIMEOUT, run_cli
 from tests.test_end_to_end import TunnelTestCase
 
@@ -132,7 +132,7 @@ class TokenTests(TunnelTestCase):
     @inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        from bpctunnel.status import make_api_site
+        from bpctunnel.server.api import make_api_site
 
         self.token = "s3cret-token-of-some-length"
         port = reactor.listenTCP(0, make_api_site(self.server.factory, self.token),

@@ -1,5 +1,5 @@
 """
-Tests for L{bpctunnel.tls}: real TLS handshakes between our server and
+Tests for L{bpctunnel.transport.tls}: real TLS handshakes between our server and
 client options, run in memory (TLSMemoryBIOFactory over iosim, no sockets).
 """
 
@@ -29,7 +29,8 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from bpctunnel import pki, tls
+from bpctunnel import pki
+from bpctunnel.transport import tls
 from bpctunnel.errors import CertificateError
 
 

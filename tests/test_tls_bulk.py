@@ -1,5 +1,5 @@
 """
-Tests for L{bpctunnel.tls_bulk}: our TLS protocol against Twisted's own, in
+Tests for L{bpctunnel.transport.tls_bulk}: our TLS protocol against Twisted's own, in
 memory (iosim), with real handshakes and real records.
 """
 
@@ -15,9 +15,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from bpctunnel import tls_bulk
-from bpctunnel.bulk_io import SEND_SIZE
-from bpctunnel.tls_bulk import BULK_WRITE, BulkTLSFactory, _coalesce_head
+from bpctunnel.transport import tls_bulk
+from bpctunnel.transport.sockets import SEND_SIZE
+from bpctunnel.transport.tls_bulk import BULK_WRITE, BulkTLSFactory, _coalesce_head
 from tests.test_tls import client_options, shared_ca, shared_client_cert, shared_server_options
 
 

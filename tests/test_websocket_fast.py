@@ -1,4 +1,4 @@
-"""Tests for bpctunnel.websocket_fast: the same bytes as Autobahn, less work."""
+"""Tests for bpctunnel.transport.websocket_fast: the same bytes as Autobahn, less work."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 
-from bpctunnel.timers import ReactorTimer
-from bpctunnel.websocket_fast import FastBinaryMixin, binary_frame_header
+from bpctunnel.transport.autobahn_timers import ReactorTimer
+from bpctunnel.transport.websocket_fast import FastBinaryMixin, binary_frame_header
 
 
 class Server(FastBinaryMixin, WebSocketServerProtocol):

@@ -4,14 +4,14 @@ from twisted.application.service import ServiceMaker
 
 BpcTunnelServer = ServiceMaker(
     "bpctunnel server",
-    "bpctunnel.tap_server",
+    "bpctunnel.server.service",
     "WebSocket/mTLS tunnel endpoint that gives BackupPC a port per connected laptop",
     "bpctunnel-server",
 )
 
 BpcTunnelClient = ServiceMaker(
     "bpctunnel client",
-    "bpctunnel.tap_client",
+    "bpctunnel.client.service",
     "Keeps a laptop's tunnel to the bpctunnel server up and runs rsync for BackupPC",
     "bpctunnel-client",
 )

@@ -14,19 +14,19 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from bpctunnel import framing
-from bpctunnel.client_config import ClientConfig, InlinePem, pem_and_source
+from bpctunnel.wire import framing
+from bpctunnel.client.config import ClientConfig, InlinePem, pem_and_source
 from bpctunnel.errors import ConfigError, ProtocolError
-from bpctunnel.http_proxy import HTTPConnectEndpoint
-from bpctunnel.mux import Channel, Multiplexer
+from bpctunnel.transport.http_connect import HTTPConnectEndpoint
+from bpctunnel.wire.mux import Channel, Multiplexer
 from bpctunnel.refusals import Refusal, advice_for
-from bpctunnel.retry import RetryPolicy
-from bpctunnel.rsync_bridge import RsyncLauncher, log_daemon_identity
-from bpctunnel.rsyncd_conf import read_rsyncd_conf
-from bpctunnel.timers import ReactorTimer, cancel_close_timeout
-from bpctunnel.tls import client_tls_options, client_tls_options_from
-from bpctunnel.tls_bulk import wrap_client_tls
-from bpctunnel.websocket_fast import FastBinaryMixin
+from bpctunnel.client.retry import RetryPolicy
+from bpctunnel.client.rsync_daemon import RsyncLauncher, log_daemon_identity
+from bpctunnel.client.rsyncd_conf import read_rsyncd_conf
+from bpctunnel.transport.autobahn_timers import ReactorTimer, cancel_close_timeout
+from bpctunnel.transport.tls import client_tls_options, client_tls_options_from
+from bpctunnel.transport.tls_bulk import wrap_client_tls
+from bpctunnel.transport.websocket_fast import FastBinaryMixin
 
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]: (.*?)\"?\)?$")
 
@@ -178,7 +178,7 @@ class TunnelClientFactory(WebSocketClientFactory):
 
     @param accept_channel: starts the local end of each channel the server
         opens (by default an L{RsyncLauncher}).
-    @param role: C{"backup-now"} for L{bpctunnel.backup_now}: if the host's
+    @param role: C{"backup-now"} for L{bpctunnel.client.backup_now}: if the host's
         tunnel is already up elsewhere, the server lets this connection
         follow it instead of refusing it.
     """

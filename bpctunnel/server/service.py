@@ -14,14 +14,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-from bpctunnel.allocator import keep_bulk_buffers
-from bpctunnel.backup_trigger import DEFAULT_SERVER_MESG, BackupRequest, BackupTrigger
-from bpctunnel.backuppc import read_hosts
+from bpctunnel.transport.allocator import keep_bulk_buffers
+from bpctunnel.backuppc.server_mesg import DEFAULT_SERVER_MESG, BackupRequest, BackupTrigger
+from bpctunnel.backuppc.hosts import read_hosts
 from bpctunnel.errors import BpcTunnelError
-from bpctunnel.listen_address import parse_listen
-from bpctunnel.server import ServerSettings, TunnelEndpoint, TunnelServerFactory
-from bpctunnel.status import make_api_site
-from bpctunnel.tls import server_tls_options
+from bpctunnel.transport.listen_address import parse_listen
+from bpctunnel.server.protocol import ServerSettings, TunnelEndpoint, TunnelServerFactory
+from bpctunnel.server.api import make_api_site
+from bpctunnel.transport.tls import server_tls_options
 from bpctunnel.twistd_options import PluginOptions
 
 LONGDESC = """\

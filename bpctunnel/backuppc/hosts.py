@@ -2,7 +2,7 @@
 BackupPC's hosts file and per-host configs, read the way BackupPC reads them,
 and the decision whether a client certificate may open a tunnel for a host.
 
-The Perl config reader itself lives in L{bpctunnel.perlconf}; its public names
+The Perl config reader itself lives in L{bpctunnel.backuppc.perlconf}; its public names
 are re-exported here.  Nothing here touches the network or the reactor.
 
 A client is authorized by L{authorize} in a fixed order, each failure with its
@@ -24,7 +24,7 @@ from attrs import frozen
 from bpctunnel.errors import (
     ConfigError, FingerprintMismatch, HostConfigInvalid, UnknownHost,
 )
-from bpctunnel.perlconf import (
+from bpctunnel.backuppc.perlconf import (
     Assignment, PerlConfig, PerlExpression, parse_perl_config, read_config_text,
     read_perl_config,
 )

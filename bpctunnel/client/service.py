@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from twisted.python import usage
 
-from bpctunnel.allocator import keep_bulk_buffers
-from bpctunnel.client import client_tls, make_client_service
-from bpctunnel.client_config import load_client_config
+from bpctunnel.transport.allocator import keep_bulk_buffers
+from bpctunnel.client.protocol import client_tls, make_client_service
+from bpctunnel.client.config import load_client_config
 from bpctunnel.errors import BpcTunnelError
 from bpctunnel.twistd_options import PluginOptions
 

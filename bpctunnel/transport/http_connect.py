@@ -3,7 +3,7 @@ HTTP CONNECT proxies: L{HTTPProxy} and its URL, and L{HTTPConnectEndpoint},
 an C{IStreamClientEndpoint} that asks the proxy for a tunnel and then hands
 the raw connection to the caller's protocol.  Wrapped in C{wrapClientTLS},
 TLS runs end to end through the proxy: the proxy sees only the host and
-port.  (Which proxy a client uses is decided in L{bpctunnel.client_config}.)
+port.  (Which proxy a client uses is decided in L{bpctunnel.client.config}.)
 
 No reactor is imported here; the endpoint takes the proxy's endpoint and a
 clock.

@@ -27,7 +27,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bpctunnel.bulk_io import tune_for_bulk
+from bpctunnel.transport.sockets import tune_for_bulk
 
 #: A write at least this big skips the small-write aggregator (which joins what it holds).
 BULK_WRITE = 4096

@@ -2,8 +2,8 @@
 The admin's tools: a CA, client registration, revocation, renewal.
 
 Each command is a function that takes the folders it works on and returns
-what it did, for L{bpctunnel.cli} to print.  Certificates come from
-L{bpctunnel.pki}; BackupPC's files are edited by L{bpctunnel.confedit}, which
+what it did, for L{bpctunnel.admin.cli} to print.  Certificates come from
+L{bpctunnel.pki}; BackupPC's files are edited by L{bpctunnel.backuppc.confedit}, which
 keeps every other byte of them.
 """
 
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import attrs
 
-from bpctunnel import confedit, pki
-from bpctunnel.backuppc import (
+from bpctunnel.backuppc import confedit
+from bpctunnel import pki
+from bpctunnel.backuppc.hosts import (
     _host_name_problem,
     ascii_lower,
     find_fingerprints,
@@ -29,7 +30,7 @@ from bpctunnel.backuppc import (
     read_config_text,
 )
 from bpctunnel.errors import BpcTunnelError, ConfigError
-from bpctunnel.perlconf import parse_perl_config
+from bpctunnel.backuppc.perlconf import parse_perl_config
 
 DEFAULT_CERTS = Path("/etc/bpctunnel")
 DEFAULT_CONF = Path("/etc/backuppc")

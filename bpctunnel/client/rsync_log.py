@@ -3,7 +3,7 @@ Reading an rsync daemon's log: which files it could not send.
 
 BackupPC counts the files rsync could not send only after its
 C{DumpPostUserCmd} has run, so the laptop counts them itself from the
-daemon's own log lines (see L{bpctunnel.rsync_bridge}): L{TransferProblems}
+daemon's own log lines (see L{bpctunnel.client.rsync_daemon}): L{TransferProblems}
 keeps the first L{MAX_NAMES} names of each kind and how many there were.
 """
 

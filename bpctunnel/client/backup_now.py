@@ -27,8 +27,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from bpctunnel import framing
-from bpctunnel.client import TunnelClientFactory, advice_for, duration, tls_advice
+from bpctunnel.wire import framing
+from bpctunnel.client.protocol import TunnelClientFactory, advice_for, duration, tls_advice
 
 #: Exit statuses.
 OK, FAILED, NOT_STARTED, TIMED_OUT = 0, 1, 2, 3
@@ -302,7 +302,7 @@ def stream_is_terminal(stream: TextIO) -> bool:
 
 def main(reactor, config, full: bool, timeout: float, start_timeout: float, stream) -> Deferred:
     """For C{task.react}: fires with the exit status."""
-    from bpctunnel.client import client_endpoint
+    from bpctunnel.client.protocol import client_endpoint
 
     display = ProgressDisplay(stream, reactor, live=stream_is_terminal(stream))
     endpoint = client_endpoint(reactor, config)

@@ -48,9 +48,9 @@ import attrs
 from attrs.validators import ge, instance_of, le, optional
 
 from bpctunnel.errors import ConfigError
-from bpctunnel.http_proxy import HTTPProxy, parse_proxy_url
+from bpctunnel.transport.http_connect import HTTPProxy, parse_proxy_url
 from bpctunnel.pki import common_name, load_cert, parse_certs, parse_key, read_file
-from bpctunnel.rsyncd_conf import writable_modules
+from bpctunnel.client.rsyncd_conf import writable_modules
 
 SECTION = "bpctunnel"
 KEYS = ("server", "ca", "cert", "key", "rsyncd_conf", "rsync", "keepalive", "retry_initial",

@@ -23,7 +23,7 @@ vanished, and when the daemon exits the client logs them on its summary
 line and sends the server C{{"type": "transfer-report", "module": str,
 "unreadable": [names], "unreadable_count": int, "vanished": [names],
 "vanished_count": int}} (only if there were any; at most
-L{bpctunnel.rsync_log.MAX_NAMES} names of each kind).  A global C{log file}
+L{bpctunnel.client.rsync_log.MAX_NAMES} names of each kind).  A global C{log file}
 in rsyncd.conf still gets every line (we append what we read); a module that sets its own C{log file} takes its
 lines there instead, and its unreadable files go unreported.
 """
@@ -45,13 +45,13 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bpctunnel import framing
-from bpctunnel.bulk_io import release_and_close, tune_for_bulk
+from bpctunnel.wire import framing
+from bpctunnel.transport.sockets import release_and_close, tune_for_bulk
 from bpctunnel.errors import ConfigError
-from bpctunnel.greeting import ModuleSniffer
-from bpctunnel.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
-from bpctunnel.rsync_log import MAX_LOG_LINE, TransferProblems
-from bpctunnel.rsyncd_conf import identity_overrides, module_identities, read_rsyncd_conf
+from bpctunnel.wire.rsync_greeting import ModuleSniffer
+from bpctunnel.wire.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
+from bpctunnel.client.rsync_log import MAX_LOG_LINE, TransferProblems
+from bpctunnel.client.rsyncd_conf import identity_overrides, module_identities, read_rsyncd_conf
 
 #: Seconds rsync may keep running after BackupPC has gone away.
 KILL_GRACE = 10.0

@@ -16,11 +16,11 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 
 from bpctunnel import pki
-from bpctunnel.client import TunnelClientFactory, make_client_service
-from bpctunnel.client_config import ClientConfig, load_client_config
-from bpctunnel.server import ServerSettings, TunnelEndpoint, TunnelServerFactory
-from bpctunnel.status import make_api_site
-from bpctunnel.tls import server_tls_options
+from bpctunnel.client.protocol import TunnelClientFactory, make_client_service
+from bpctunnel.client.config import ClientConfig, load_client_config
+from bpctunnel.server.protocol import ServerSettings, TunnelEndpoint, TunnelServerFactory
+from bpctunnel.server.api import make_api_site
+from bpctunnel.transport.tls import server_tls_options
 
 HOSTS_HEADER = "host        dhcp    user    moreUsers\n"
 

@@ -11,9 +11,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bpctunnel.bulk_io import release_and_close, tune_for_bulk
-from bpctunnel.greeting import ModuleSniffer
-from bpctunnel.mux import LOCAL_READ_SIZE, ILocalEnd
+from bpctunnel.transport.sockets import release_and_close, tune_for_bulk
+from bpctunnel.wire.rsync_greeting import ModuleSniffer
+from bpctunnel.wire.mux import LOCAL_READ_SIZE, ILocalEnd
 
 
 @implementer(ILocalEnd, IHalfCloseableProtocol)

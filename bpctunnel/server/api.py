@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from bpctunnel import framing
+from bpctunnel.wire import framing
 
 PING_TIMEOUT = 5.0
 MAX_PINGS = 20
@@ -253,7 +253,7 @@ class _Unauthorized(Resource):
 
 
 def make_api_site(factory, token: str | None = None) -> Site:
-    """The status API and metrics of a L{bpctunnel.server.TunnelServerFactory}."""
+    """The status API and metrics of a L{bpctunnel.server.protocol.TunnelServerFactory}."""
     site = Site(_Guard(factory, token))
     site.displayTracebacks = False
     site.noisy = False

@@ -3,7 +3,7 @@ Edit BackupPC's host configs (C{<host>.pl}) and C{hosts} file safely.
 
 Every edit is a pure text -> text function that changes as little as
 possible: it replaces exactly one C{$Conf{Name} = ...;} statement (the span
-L{bpctunnel.perlconf} reports), or appends one, and keeps every other byte
+L{bpctunnel.backuppc.perlconf} reports), or appends one, and keeps every other byte
 (comments, order, CRLF line endings, a comment after the C{;}).  An edit it
 cannot make unambiguously is refused with L{EditRefused} naming the file and
 lines to fix by hand: a setting assigned several times with different values,
@@ -24,9 +24,9 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-from bpctunnel.backuppc import TUNNEL_CERT_RE, ascii_lower, normalize_fingerprint, parse_hosts
+from bpctunnel.backuppc.hosts import TUNNEL_CERT_RE, ascii_lower, normalize_fingerprint, parse_hosts
 from bpctunnel.errors import ConfigError, EditRefused
-from bpctunnel.perlconf import PerlExpression, parse_perl_config
+from bpctunnel.backuppc.perlconf import PerlExpression, parse_perl_config
 
 __all__ = [
     "add_host", "perl_literal", "remove_tunnel_cert", "set_setting", "set_tunnel_cert",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 from bpctunnel import pki
-from bpctunnel.admin import (
+from bpctunnel.admin.commands import (
     RENEW_WITHIN_DAYS,
     TUNNEL_PING_MAX_MSEC,
     Paths,
@@ -19,9 +19,9 @@ from bpctunnel.admin import (
     host_config_files,
     read_host_config,
 )
-from bpctunnel.backuppc import find_fingerprints, read_hosts
+from bpctunnel.backuppc.hosts import find_fingerprints, read_hosts
 from bpctunnel.errors import BpcTunnelError
-from bpctunnel.permissions import Account, unreadable_reason
+from bpctunnel.admin.permissions import Account, unreadable_reason
 
 #: BackupPC's own default for $Conf{PingMaxMsec}.
 BACKUPPC_PING_MAX_MSEC = 20

@@ -24,7 +24,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from bpctunnel.errors import ConfigError
-from bpctunnel.perllex import tokenize
+from bpctunnel.backuppc.perllex import tokenize
 
 DEFAULT_SERVER_MESG = "/usr/share/backuppc/bin/BackupPC_serverMesg"
 

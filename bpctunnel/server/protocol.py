@@ -3,7 +3,7 @@ The tunnel server: accepts clients' WebSockets and, for each connected client,
 listens on 127.0.0.1:<RsyncdClientPort> for BackupPC.
 
 Each TCP connection BackupPC makes to that port becomes one channel of the
-client's tunnel (see L{bpctunnel.mux}).  The listener lives exactly as long as
+client's tunnel (see L{bpctunnel.wire.mux}).  The listener lives exactly as long as
 the tunnel: when the WebSocket closes, the port closes and every carried
 connection is aborted, so BackupPC sees a failed transfer rather than a
 truncated one.
@@ -35,10 +35,10 @@ from twisted.logger import Logger
 from twisted.protocols.haproxy import proxyEndpoint
 from zope.interface import implementer
 
-from bpctunnel import framing
-from bpctunnel.backup_desk import BackupDesk
-from bpctunnel.backup_trigger import BackupTrigger
-from bpctunnel.backuppc import TunnelSettings, authorize, read_hosts, read_perl_config
+from bpctunnel.wire import framing
+from bpctunnel.server.backup_requests import BackupDesk
+from bpctunnel.backuppc.server_mesg import BackupTrigger
+from bpctunnel.backuppc.hosts import TunnelSettings, authorize, read_hosts, read_perl_config
 from bpctunnel.errors import (
     AlreadyConnected,
     BpcTunnelError,
@@ -47,17 +47,17 @@ from bpctunnel.errors import (
     Refused,
     UnknownHost,
 )
-from bpctunnel.filecache import FileCache
-from bpctunnel.local import LocalListenerFactory
-from bpctunnel.metrics import ServerMetrics
-from bpctunnel.mux import Multiplexer
+from bpctunnel.backuppc.filecache import FileCache
+from bpctunnel.server.backuppc_port import LocalListenerFactory
+from bpctunnel.server.metrics import ServerMetrics
+from bpctunnel.wire.mux import Multiplexer
 from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.refusals import Refusal
-from bpctunnel.registry import TunnelRegistry
-from bpctunnel.tls import peer_certificate_der
-from bpctunnel.timers import ReactorTimer, cancel_close_timeout
-from bpctunnel.tls_bulk import wrap_server_tls
-from bpctunnel.websocket_fast import FastBinaryMixin, forget_handshake
+from bpctunnel.server.tunnels import TunnelRegistry
+from bpctunnel.transport.tls import peer_certificate_der
+from bpctunnel.transport.autobahn_timers import ReactorTimer, cancel_close_timeout
+from bpctunnel.transport.tls_bulk import wrap_server_tls
+from bpctunnel.transport.websocket_fast import FastBinaryMixin, forget_handshake
 
 TUNNEL_PATH = "/tunnel"
 #: Seconds between log lines about connections dropped at a limit.
@@ -112,7 +112,7 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     One client's tunnel.
 
     The opening handshake authorizes the client (see
-    L{bpctunnel.backuppc.authorize}) and opens its local port; a refusal is
+    L{bpctunnel.backuppc.hosts.authorize}) and opens its local port; a refusal is
     the HTTP error of the handshake, whose reason phrase the client prints.
     """
 

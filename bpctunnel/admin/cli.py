@@ -49,7 +49,7 @@ class _Paths(_Command):
     ]
 
     def paths(self):
-        from bpctunnel.admin import Paths
+        from bpctunnel.admin.commands import Paths
 
         return Paths(Path(self["certs"]), Path(self["backuppc-conf"]))
 
@@ -293,7 +293,7 @@ def _register_kwargs(o) -> dict:
 
 
 def _live_tunnel_note(o) -> str:
-    from bpctunnel import api_client
+    from bpctunnel.admin import api_client
 
     host = o["host"].lower()
     try:
@@ -309,24 +309,26 @@ def _live_tunnel_note(o) -> str:
 
 def run(command: str, o) -> int:
     """Run one admin subcommand; returns the exit status."""
-    from bpctunnel import admin, api_client, health
+    from bpctunnel.admin import commands
+    from bpctunnel.admin import api_client
+    from bpctunnel.admin import checks
 
     if command == "init-ca":
-        paths = admin.Paths(certs=Path(o["certs"]), conf=Path(o["backuppc-conf"]))
-        lines = admin.init_ca(paths, o["server_name"], o["days"], o["force"], o["server-url"],
-                              o["server-user"] or admin.default_server_user(paths))
+        paths = commands.Paths(certs=Path(o["certs"]), conf=Path(o["backuppc-conf"]))
+        lines = commands.init_ca(paths, o["server_name"], o["days"], o["force"], o["server-url"],
+                                 o["server-user"] or commands.default_server_user(paths))
     elif command == "register-client":
         server_mesg = o["backuppc-server-mesg"]
         if server_mesg is None:
-            server_mesg = admin.default_server_mesg(o.paths())
-        result = admin.register_client(o.paths(), o["host"], add_host=o["add-host"],
-                                       user=o["user"], server_mesg=None if server_mesg == "none"
-                                       else server_mesg, **_register_kwargs(o))
+            server_mesg = commands.default_server_mesg(o.paths())
+        result = commands.register_client(o.paths(), o["host"], add_host=o["add-host"],
+                                          user=o["user"], server_mesg=None if server_mesg == "none"
+                                          else server_mesg, **_register_kwargs(o))
         lines = list(result.messages)
     elif command == "renew":
-        lines = list(admin.renew(o.paths(), o["host"], **_register_kwargs(o)).messages)
+        lines = list(commands.renew(o.paths(), o["host"], **_register_kwargs(o)).messages)
     elif command == "revoke":
-        lines = admin.revoke(o.paths(), o["host"]) + [_live_tunnel_note(o)]
+        lines = commands.revoke(o.paths(), o["host"]) + [_live_tunnel_note(o)]
     elif command == "status":
         answer = api_client.call("GET", o["api"], "/api/v1/tunnels",
                                  api_client.api_token(o["api-token-file"]))
@@ -359,9 +361,9 @@ def run(command: str, o) -> int:
                  f"{'succeeded' if o['status'] == '1' else 'failed'}"
                  + ("" if answer["delivered"] else f" (no tunnel for {host} is up to pass it on)")]
     elif command == "request-cert":
-        lines = admin.request_cert(o["host"], Path(o["out"]))
+        lines = commands.request_cert(o["host"], Path(o["out"]))
     elif command == "list":
-        lines = [health.format_table(health.inspect_hosts(o.paths()))]
+        lines = [checks.format_table(checks.inspect_hosts(o.paths()))]
     elif command == "check":
         return _check(o)
     for line in lines:
@@ -371,17 +373,17 @@ def run(command: str, o) -> int:
 
 def _readers(o) -> list:
     """The accounts that must read BackupPC's and the server's files."""
-    from bpctunnel import admin
-    from bpctunnel.permissions import Account
+    from bpctunnel.admin import commands
+    from bpctunnel.admin.permissions import Account
 
-    names = dict.fromkeys([admin.backuppc_user(o.paths()), o["server-user"] or
-                           admin.backuppc_user(o.paths())])
+    names = dict.fromkeys([commands.backuppc_user(o.paths()), o["server-user"] or
+                           commands.backuppc_user(o.paths())])
     return [a for a in map(Account.named, names) if a is not None]
 
 
 def _live(o, report):
     """(the API's view of the host's tunnel, its round trip in ms), or Nones."""
-    from bpctunnel import api_client
+    from bpctunnel.admin import api_client
 
     token = api_client.api_token(o["api-token-file"])
     try:
@@ -399,11 +401,12 @@ def _live(o, report):
 
 
 def _check(o) -> int:
-    from bpctunnel import api_client, health
+    from bpctunnel.admin import api_client
+    from bpctunnel.admin import checks
 
     readers = _readers(o)
-    reports = health.inspect_hosts(o.paths(), readers)
-    problems = health.inspect_server(o.paths(), readers)
+    reports = checks.inspect_hosts(o.paths(), readers)
+    problems = checks.inspect_server(o.paths(), readers)
     if o["host"] is not None:
         reports = [r for r in reports if r.host == o["host"].lower()]
         if not reports:
@@ -416,7 +419,7 @@ def _check(o) -> int:
         if not live:
             continue
         try:
-            problems += health.live_problems(report, *_live(o, report))
+            problems += checks.live_problems(report, *_live(o, report))
         except api_client.ApiError as e:
             print(f"bpctunnel check: live tunnels not checked: {e}", file=sys.stderr)
             live = False
@@ -430,8 +433,8 @@ def _check(o) -> int:
 def _backup_now(o) -> None:
     from twisted.internet import task
 
-    from bpctunnel import backup_now
-    from bpctunnel.client_config import load_client_config
+    from bpctunnel.client import backup_now
+    from bpctunnel.client.config import load_client_config
 
     try:
         config = load_client_config(Path(o["config"]))
@@ -458,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.subCommand == "demo":
         from twisted.internet import task
 
-        from bpctunnel.demo import main as demo_main
+        from bpctunnel.admin.demo import main as demo_main
 
         task.react(demo_main, (options.subOptions["keep"], options.subOptions["verbose"]))
         return

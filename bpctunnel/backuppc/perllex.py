@@ -1,5 +1,5 @@
 """
-The tokenizer behind L{bpctunnel.perlconf}: just enough of Perl's lexical
+The tokenizer behind L{bpctunnel.backuppc.perlconf}: just enough of Perl's lexical
 rules to find where strings, comments, heredocs and statements end.
 
 It never evaluates anything.  Quoted strings are decoded when that is exact

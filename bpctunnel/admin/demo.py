@@ -21,9 +21,9 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 
-from bpctunnel.client_config import find_rsync
+from bpctunnel.client.config import find_rsync
 from bpctunnel.errors import BpcTunnelError
-from bpctunnel.sandbox import (
+from bpctunnel.testing.sandbox import (
     Sandbox,
     free_port,
     make_sample_tree,

@@ -1,7 +1,7 @@
 """
 Channel multiplexing over one tunnel, with per-channel flow control.
 
-A L{Multiplexer} turns tunnel messages (see L{bpctunnel.framing}) into calls
+A L{Multiplexer} turns tunnel messages (see L{bpctunnel.wire.framing}) into calls
 on L{Channel} objects and back.  It knows nothing of sockets or processes:
 each channel drives an L{ILocalEnd} (a TCP connection from BackupPC on the
 server, an rsync process on the client), and the multiplexer sends encoded
@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from bpctunnel import framing
+from bpctunnel.wire import framing
 from bpctunnel.errors import ProtocolError
 
 #: Bytes a receiver lets the sender have in flight on one channel.

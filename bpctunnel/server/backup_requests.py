@@ -25,7 +25,7 @@ before C{started} read it as a failed backup.
 While a backup runs, the laptop's client sends one C{transfer-report} per
 rsync connection (C{{"type": "transfer-report", "module": str,
 "unreadable": [names], "unreadable_count": int, "vanished": [names],
-"vanished_count": int}}, see L{bpctunnel.rsync_bridge}); the desk keeps
+"vanished_count": int}}, see L{bpctunnel.client.rsync_daemon}); the desk keeps
 them, bounded, and C{backup-done} carries their sum: C{unreadable} and
 C{vanished} (at most L{MAX_NAMES} C{module/name} entries each) and their
 counts.
@@ -40,7 +40,7 @@ import attrs
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from bpctunnel.backup_trigger import BACKUP_FAILED, NO_PING, BackupTrigger, HostStatus
+from bpctunnel.backuppc.server_mesg import BACKUP_FAILED, NO_PING, BackupTrigger, HostStatus
 
 #: BackupPC_serverMesg's backup types for an incremental and a full backup.
 INCREMENTAL, FULL = "0", "1"
@@ -122,7 +122,7 @@ class BackupDesk:
     """
     The server's side of requested backups.
 
-    @param registry: the live tunnels (L{bpctunnel.registry.TunnelRegistry}).
+    @param registry: the live tunnels (L{bpctunnel.server.tunnels.TunnelRegistry}).
     @param trigger: asks BackupPC, or C{None} if this server takes no requests.
     @param interval: seconds between progress messages.
 

@@ -28,7 +28,7 @@ reader cannot follow (C{%Conf = (...)}, C{@Conf{...}} slices, C{$Conf{$name}})
 and anything that is not Perl the reader recognises raise L{ConfigError}
 naming the file, the line and what was expected.
 
-The tokenizer is L{bpctunnel.perllex}; this module groups its tokens into
+The tokenizer is L{bpctunnel.backuppc.perllex}; this module groups its tokens into
 statements and values.
 """
 
@@ -40,7 +40,7 @@ from pathlib import Path
 from attrs import field, frozen
 
 from bpctunnel.errors import ConfigError
-from bpctunnel.perllex import PAIRS, tokenize
+from bpctunnel.backuppc.perllex import PAIRS, tokenize
 
 __all__ = [
     "Assignment", "PerlConfig", "PerlExpression", "parse_perl_config",
