@@ -5,6 +5,7 @@ the server never of the laptop.
 """
 
 import ast
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -70,7 +71,9 @@ class LayerTests(SynchronousTestCase):
 
     def test_the_check_sees_a_wrong_import(self):
         """The check itself can fail: a wire module that imports the server."""
-        package = Path(self.mktemp()) / "bpctunnel"
+        root = tempfile.TemporaryDirectory()
+        self.addCleanup(root.cleanup)
+        package = Path(root.name) / "bpctunnel"
         (package / "wire").mkdir(parents=True)
         (package / "wire" / "mux.py").write_text(
             "from bpctunnel.server.protocol import TunnelServerFactory\n"
