@@ -100,6 +100,18 @@ class RegisterTests(SynchronousTestCase):
         kwargs.setdefault("bpctunnel", "/opt/bpctunnel/bin/bpctunnel")
         return admin.register_client(self.paths, host, **kwargs)
 
+    def test_config_refused_before_writing(self):
+        """register-client config would rewrite BackupPC's global config.pl."""
+        config_pl = self.paths.config_pl
+        config_pl.write_text("$Conf{XferMethod} = 'rsync';\n")
+        before = (config_pl.read_bytes(), self.paths.hosts.read_bytes())
+        e = self.assertRaises(admin.AdminError, self.register, "config")
+        self.assertIn("config.pl is BackupPC's global configuration", str(e))
+        self.assertEqual((config_pl.read_bytes(), self.paths.hosts.read_bytes()), before)
+        e = self.assertRaises(admin.AdminError, admin.request_cert, "Config", self.out)
+        self.assertIn("not a usable BackupPC host name", str(e))
+        self.assertEqual(list(self.out.iterdir()), [])
+
     def test_own_ping_cmd_kept(self):
         """A host that has a PingCmd of its own keeps it; one without gets ours."""
         self.paths.conf.joinpath("laptop1.pl").write_text(

@@ -797,6 +797,15 @@ class AuthorizeTests(TempDirMixin, SynchronousTestCase):
             "... is not a valid BackupPC host name (it is longer than 255 characters)"))
         self.assertLess(len(message), 250)
 
+    def test_config_is_not_a_host(self):
+        """CN=config would be authorized from BackupPC's global config.pl."""
+        self.write("hosts", "host dhcp user\nconfig 0 backuppc\n")
+        self.write("config.pl", host_config())
+        for name in ("config", "CONFIG"):
+            message = self.refused(UnknownHost, name)
+            self.assertIn("config.pl is BackupPC's global configuration, not a host's", message)
+        self.assertRaises(ConfigError, find_host_config, self.conf, "config")
+
     def test_long_name_allowed(self):
         """255 characters is still a name (then unknown)."""
         message = self.refused(UnknownHost, "a" * 255)

@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 MAX_HOST_NAME = 255
+#: Names whose C{<name>.pl} is not a host config: C{config.pl} is BackupPC's
+#: global one, which applies to every host.
+RESERVED_HOST_NAMES = frozenset({"config"})
 
 # BackupPC reads the hosts file as bytes, so Perl's \s, \w and lc() are ASCII.
 _HOST_LINE = re.compile(r"[\w.\\-]+\s+.*", re.ASCII)
@@ -166,6 +169,8 @@ def _host_name_problem(name):
         return "it starts with '.'"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "it contains a control character"
+    if ascii_lower(name) in RESERVED_HOST_NAMES:
+        return f"{ascii_lower(name)}.pl is BackupPC's global configuration, not a host's"
     return None
 
 
