@@ -128,7 +128,12 @@ class RegisterTests(SynchronousTestCase):
         self.assertEqual(config.get("ClientNameAlias"), ["127.0.0.1"])
         self.assertEqual(config.get("RsyncdClientPort"), "64701")
         self.assertEqual(config.get("RsyncShareName"), ["docs", "My Music"])
-        self.assertEqual(config.get("RsyncdPasswd"), admin.RSYNCD_PASSWD_PLACEHOLDER)
+        secret = (result.bundle / "rsyncd.secrets").read_text()
+        self.assertEqual(secret, f"backuppc:{config.get('RsyncdPasswd')}\n")
+        self.assertEqual(config.get("RsyncdUserName"), "backuppc")
+        self.assertGreaterEqual(len(config.get("RsyncdPasswd")), 32)
+        self.assertEqual(stat.S_IMODE((result.bundle / "rsyncd.secrets").stat().st_mode), 0o600)
+        self.assertIn("rsync_secrets = rsyncd.secrets", (result.bundle / "client.conf").read_text())
         self.assertEqual(config.get("ClientComment"), f"TunnelCert:sha256:{result.fingerprint}")
         self.assertEqual(config.get("PingCmd"), "/opt/bpctunnel/bin/bpctunnel ping laptop1")
         self.assertEqual(config.get("DumpPostUserCmd"),
@@ -168,7 +173,8 @@ class RegisterTests(SynchronousTestCase):
         os.chown(config_pl, 4242, 4343)
         result = self.register("laptop1")
         st = result.config_path.stat()
-        self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (4242, 4343, 0o604))
+        # ... less what others could read: it holds the host's rsync secret.
+        self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (4242, 4343, 0o600))
         # An existing file keeps its own.
         os.chmod(result.config_path, 0o640)
         self.register("laptop1", shares=("other",))
@@ -333,7 +339,7 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(len(problems), 1, problems)
         self.assertIn(f"nobody cannot read {self.config} (root:root 0640)", problems[0])
         self.assertIn("Can't read PC's config file", problems[0])
-        os.chmod(self.config, 0o644)
+        os.chown(self.config, nobody.uid, 0)    # readable by it, not by everyone
         self.assertEqual([p for r in inspect_hosts(self.paths, [nobody]) for p in r.problems], [])
         os.chmod(self.paths.certs / "server.key", 0o600)
         server = [p.message for p in health.inspect_server(self.paths, [nobody])]
@@ -405,13 +411,21 @@ class CheckTests(SynchronousTestCase):
                            "the ClientNameAlias 127.0.0.1: name the host instead (bpctunnel "
                            "ping laptop1)")
 
-    def test_unneeded_rsync_user(self):
-        self.config.write_text(self.config.read_text() + "$Conf{RsyncdUserName} = 'backup';\n")
-        self.assertProblem("$Conf{RsyncdUserName} is 'backup' in laptop1.pl: not needed")
+    def test_port_alone(self):
+        """A host registered before secrets (the placeholder) relies on its port alone."""
+        secret = read_perl_config(self.config).get("RsyncdPasswd")
+        self.replace(f"'{secret}'", f"'{admin.RSYNCD_PASSWD_PLACEHOLDER}'")
+        self.assertProblem("laptop1 relies on its port alone")
 
     def test_empty_rsync_password(self):
-        self.replace(f"'{admin.RSYNCD_PASSWD_PLACEHOLDER}'", "''")
+        secret = read_perl_config(self.config).get("RsyncdPasswd")
+        self.replace(f"'{secret}'", "''")
         self.assertProblem("$Conf{RsyncdPasswd} is empty in laptop1.pl")
+
+    def test_secret_readable_by_everyone(self):
+        os.chmod(self.config, 0o644)
+        self.assertProblem(f"{self.config} holds laptop1's rsync secret and every local user "
+                           f"can read it")
 
     def test_list_table(self):
         table = format_table(inspect_hosts(self.paths)).splitlines()
@@ -513,6 +527,8 @@ class ThreeCommandSetupTests(TestCase):
         (stale / "ca.crt").write_bytes((bundle / "ca.crt").read_bytes())
         (stale / "rsyncd.conf").write_text(rsyncd.read_text())
         (stale / "client.conf").write_text((bundle / "client.conf").read_text())
+        (stale / "rsyncd.secrets").write_bytes((bundle / "rsyncd.secrets").read_bytes())
+        os.chmod(stale / "rsyncd.secrets", 0o600)
         os.chmod(stale / "laptop1.key", 0o600)
         stale_client = start_client(reactor, stale / "client.conf")
         self.addCleanup(stale_client.stop)

@@ -13,6 +13,7 @@ import attrs
 from bpctunnel import pki
 from bpctunnel.admin.commands import (
     RENEW_WITHIN_DAYS,
+    RSYNCD_PASSWD_PLACEHOLDER,
     TUNNEL_PING_MAX_MSEC,
     Paths,
     backuppc_setting,
@@ -48,6 +49,33 @@ class HostReport:
     problems: tuple[Problem, ...]
     #: $Conf{PingMaxMsec} as BackupPC sees it for this host (None: not a number).
     ping_max_msec: float | None = None
+
+
+def _secret_problems(host: str, path: Path, config) -> list[Problem]:
+    """
+    Whether the host has a secret of its own (RsyncdUserName and
+    RsyncdPasswd, L{bpctunnel.client.rsync_auth}) that only BackupPC and
+    its web interface's group can read.
+    """
+    user, passwd = config.get("RsyncdUserName"), config.get("RsyncdPasswd")
+    if not (isinstance(passwd, str) and passwd):
+        return [Problem(host, f"$Conf{{RsyncdPasswd}} is empty in {path.name}: BackupPC 4 "
+                              f"refuses to start an rsyncd backup without one; run "
+                              f"`bpctunnel register-client {host}` and install the new bundle")]
+    if passwd == RSYNCD_PASSWD_PLACEHOLDER or not (isinstance(user, str) and user):
+        return [Problem(host, f"{host} relies on its port alone: any local user of this "
+                              f"server, and a BackupPC user who points another host at its "
+                              f"port, can read the laptop's files; run `bpctunnel "
+                              f"register-client {host}` and install the new bundle (its "
+                              f"rsyncd.secrets makes the laptop ask for {host}'s own secret)")]
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return []
+    if mode & 0o004:
+        return [Problem(host, f"{path} holds {host}'s rsync secret and every local user can "
+                              f"read it: chmod o-rwx {path}")]
+    return []
 
 
 def _as_list(value) -> list:
@@ -167,16 +195,7 @@ def inspect_hosts(paths: Paths, readers=()) -> list[HostReport]:
             when = "expired" if days < 0 else f"expires in {int(days)} days"
             problems.append(Problem(host, f"the certificate of {host} {when} ({expires}); run "
                                           f"`bpctunnel renew {host}`"))
-        user = config.get("RsyncdUserName")
-        if isinstance(user, str) and user:
-            problems.append(Problem(host, f"$Conf{{RsyncdUserName}} is {user!r} in {path.name}: not "
-                                          f"needed, the tunnel authenticates with TLS; the "
-                                          f"client's rsyncd.conf asks for no user"))
-        passwd = config.get("RsyncdPasswd")
-        if not (isinstance(passwd, str) and passwd):
-            problems.append(Problem(host, f"$Conf{{RsyncdPasswd}} is empty in {path.name}: "
-                                          f"BackupPC 4 refuses to start an rsyncd backup without "
-                                          f"one; set any placeholder (it is not used)"))
+        problems += _secret_problems(host, path, config)
         ping = " ".join(p for p in _as_list(config.get("PingCmd")) if isinstance(p, str))
         if "bpctunnel" in ping and "$host" in ping:
             problems.append(Problem(host, f"$Conf{{PingCmd}} in {path.name} passes $host, which "

@@ -31,6 +31,7 @@ from bpctunnel.backuppc.hosts import (
 )
 from bpctunnel.errors import BpcTunnelError, ConfigError
 from bpctunnel.backuppc.perlconf import parse_perl_config
+from bpctunnel.client.rsync_auth import DEFAULT_USER as DEFAULT_RSYNC_USER, RsyncAuth
 
 DEFAULT_CERTS = Path("/etc/bpctunnel")
 DEFAULT_CONF = Path("/etc/backuppc")
@@ -48,9 +49,11 @@ TUNNEL_PING_MAX_MSEC = 2000
 #: Where Debian's backuppc package puts BackupPC's command for its daemon.
 BACKUPPC_SERVER_MESG = "/usr/share/backuppc/bin/BackupPC_serverMesg"
 
-#: BackupPC's rsyncd transfer refuses an empty RsyncdPasswd even when the
-#: daemon asks for none; the tunnel's TLS does the authentication.
+#: What register-client wrote as RsyncdPasswd before hosts had secrets of
+#: their own (bpctunnel.client.rsync_auth): such a host relies on its port alone.
 RSYNCD_PASSWD_PLACEHOLDER = "unused-bpctunnel-authenticates-with-tls"
+#: The bundle's file with the secret the laptop's rsync daemon asks for.
+RSYNC_SECRETS = "rsyncd.secrets"
 
 
 def bpctunnel_path() -> str:
@@ -254,16 +257,36 @@ def pick_port(conf: Path, host: str, port_range=DEFAULT_PORT_RANGE) -> int:
                      f"pass --port or a wider --port-range")
 
 
-def edit_host_config(path: Path, edits, like: Path | None = None) -> bool:
+def edit_host_config(path: Path, edits, like: Path | None = None, private: bool = False) -> bool:
     """
     Apply C{edits} (text -> text functions) to a host config, atomically; a
     new one gets the owner, group and mode of C{like} (BackupPC's config.pl).
+    C{private}: it holds the host's rsync secret, so others lose read access.
     """
     old = read_config_text(path, "host config") if path.exists() else None
     text = old if old is not None else ""
     for edit in edits:
         text = edit(text)
-    return confedit.write_atomically(path, text, old, like=like)
+    return confedit.write_atomically(path, text, old, like=like, private=private)
+
+
+def host_rsync_auth(config) -> RsyncAuth:
+    """
+    The host's rsync secret: the one its config holds, if it is one
+    register-client could have written, else a new one.
+    """
+    user = config.get("RsyncdUserName") if config else None
+    passwd = config.get("RsyncdPasswd") if config else None
+    try:
+        user = RsyncAuth(user, "x" * 16).user
+    except ConfigError:
+        user = DEFAULT_RSYNC_USER
+    if passwd != RSYNCD_PASSWD_PLACEHOLDER:
+        try:
+            return RsyncAuth(user, passwd)
+        except ConfigError:
+            pass
+    return RsyncAuth.generate(user)
 
 
 def reload_backuppc(paths: Paths, server_mesg: str | None) -> str:
@@ -409,10 +432,9 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
         lambda t: confedit.set_setting(t, "ClientNameAlias", ["127.0.0.1"], str(config_path)),
         lambda t: confedit.set_setting(t, "RsyncdClientPort", port, str(config_path)),
     ]
-    passwd = config.get("RsyncdPasswd") if config else None
-    if not (isinstance(passwd, str) and passwd):
-        edits.append(lambda t: confedit.set_setting(t, "RsyncdPasswd", RSYNCD_PASSWD_PLACEHOLDER,
-                                                    str(config_path)))
+    auth = host_rsync_auth(config)
+    edits.append(lambda t: confedit.set_setting(t, "RsyncdUserName", auth.user, str(config_path)))
+    edits.append(lambda t: confedit.set_setting(t, "RsyncdPasswd", auth.secret, str(config_path)))
     old_shares = _share_list(config.get("RsyncShareName")) if config else []
     if shares:
         edits.append(lambda t: confedit.set_setting(t, "RsyncShareName", list(shares),
@@ -430,12 +452,12 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
         # How `bpctunnel backup-now` on the laptop learns BackupPC's verdict.
         done = f"{bpctunnel or bpctunnel_path()} backup-done $client $xferOK"
         edits.append(lambda t: confedit.set_setting(t, "DumpPostUserCmd", done, str(config_path)))
-    if edit_host_config(config_path, edits, like=paths.config_pl):
+    if edit_host_config(config_path, edits, like=paths.config_pl, private=True):
         messages.append(f"updated {config_path}: TunnelCert:sha256:{fingerprint[:16]}..., "
                         f"RsyncdClientPort {port}")
     config = read_host_config(config_path)[1]
     shares = _share_list(config.get("RsyncShareName"))
-    if _write_bundle(bundle, host, url, ca.cert_pem, cert_pem, key_pem, shares):
+    if _write_bundle(bundle, host, url, ca.cert_pem, cert_pem, key_pem, shares, auth):
         messages.append(f"wrote the client bundle to {bundle}")
     new_shares = [s for s in shares if s not in old_shares]
     if new_shares and registered:
@@ -483,12 +505,17 @@ def rsyncd_conf_template(shares) -> str:
 
 
 def _write_bundle(bundle: Path, host: str, url: str, ca_pem: bytes, cert_pem: bytes,
-                  key_pem: bytes | None, shares) -> bool:
+                  key_pem: bytes | None, shares, auth: RsyncAuth) -> bool:
     bundle.mkdir(parents=True, exist_ok=True)
     changed = False
+    secrets = bundle / RSYNC_SECRETS
+    if not secrets.exists() or secrets.read_bytes() != auth.secrets_line():
+        pki.write_private(secrets, auth.secrets_line())
+        changed = True
     files = {
         CLIENT_CONF: (f"[bpctunnel]\nserver = {url}\nca = ca.crt\ncert = {host}.crt\n"
-                         f"key = {host}.key\nrsyncd_conf = rsyncd.conf\n").encode(),
+                      f"key = {host}.key\nrsyncd_conf = rsyncd.conf\n"
+                      f"rsync_secrets = {RSYNC_SECRETS}\n").encode(),
         "ca.crt": ca_pem,
         f"{host}.crt": cert_pem,
     }

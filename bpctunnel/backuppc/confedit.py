@@ -264,7 +264,7 @@ def _stat_or_none(path):
 
 
 def write_atomically(path, new_text: str, old_text: str | None, *,
-                     encoding: str | None = None, like=None) -> bool:
+                     encoding: str | None = None, like=None, private: bool = False) -> bool:
     """
     Replace the file at C{path} (a symlink's target) with C{new_text}; return
     whether it was written (not when C{new_text == old_text}).
@@ -276,7 +276,8 @@ def write_atomically(path, new_text: str, old_text: str | None, *,
     translation.  The file keeps its mode, owner and group; a new one gets
     those of the file C{like} (BackupPC's own C{config.pl}, so that BackupPC
     and its web interface can read it) or, without one, mode 0640 and the
-    folder's group.  On failure the old file is untouched
+    folder's group.  C{private}: the file holds a secret, and others (not
+    its owner, not its group) lose any access.  On failure the old file is untouched
     and no temporary file is left.
 
     @raise EditRefused: the file changed since C{old_text} was read.
@@ -315,7 +316,8 @@ def write_atomically(path, new_text: str, old_text: str | None, *,
             if (mine.st_uid, mine.st_gid) != owner:
                 os.fchown(fd, *owner)
             # After fchown, which may clear set-id bits.
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st else 0o640)
+            mode = stat.S_IMODE(st.st_mode) if st else 0o640
+            os.fchmod(fd, mode & ~0o007 if private else mode)
             f.write(data)
             f.flush()
             os.fsync(fd)

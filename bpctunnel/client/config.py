@@ -13,6 +13,7 @@ The client's configuration: an INI file with a C{[bpctunnel]} section.
     # retry_max = 300         (longest reconnection delay, seconds)
     # allow_restore = no      (yes: rsyncd.conf may have writable modules)
     # proxy = http://proxy.example.org:3128   (an HTTP CONNECT proxy; or none)
+    rsync_secrets = rsyncd.secrets   (user:secret BackupPC must send; mode 600)
 
 Relative paths are relative to the file's folder.  Command-line options may
 override any key.
@@ -50,11 +51,12 @@ from attrs.validators import ge, instance_of, le, optional
 from bpctunnel.errors import ConfigError
 from bpctunnel.transport.http_connect import HTTPProxy, parse_proxy_url
 from bpctunnel.pki import common_name, load_cert, parse_certs, parse_key, read_file
+from bpctunnel.client.rsync_auth import RsyncAuth, read_secrets
 from bpctunnel.client.rsyncd_conf import writable_modules
 
 SECTION = "bpctunnel"
 KEYS = ("server", "ca", "cert", "key", "rsyncd_conf", "rsync", "keepalive", "retry_initial",
-        "retry_max", "allow_restore", "proxy")
+        "retry_max", "allow_restore", "proxy", "rsync_secrets")
 REQUIRED = ("server", "ca", "cert", "key", "rsyncd_conf")
 #: The keys that take a path or the PEM text itself.
 PEM_KEYS = ("ca", "cert", "key")
@@ -117,6 +119,10 @@ class ClientConfig:
     allow_restore: bool = attrs.field(default=False, validator=instance_of(bool))
     #: The HTTP proxy the tunnel goes through, if any.
     proxy: HTTPProxy | None = attrs.field(default=None, validator=optional(instance_of(HTTPProxy)))
+    #: The secret the laptop's rsync daemon asks BackupPC for; None: the
+    #: daemon asks for none (a bundle from before secrets, or none wanted).
+    rsync_auth: RsyncAuth | None = attrs.field(default=None,
+                                               validator=optional(instance_of(RsyncAuth)))
 
 
 def _ip(text: str):
@@ -336,6 +342,7 @@ def load_client_config(path: Path | None, overrides: dict | None = None,
         host=common_name(cert),
         allow_restore=allow_restore,
         proxy=select_proxy(values.get("proxy"), host, environ, where),
+        rsync_auth=read_secrets(resolve("rsync_secrets")) if values.get("rsync_secrets") else None,
         **numbers,
         **files,
     )

@@ -11,7 +11,9 @@ run by a remote shell, and rsync >= 3.2.3 writes those messages to its
 stderr instead: BackupPC never saw them, and recorded a restore that wrote
 nothing as a good one.
 
-No rsync port is ever opened on the laptop and no rsync password is needed.
+No rsync port is ever opened on the laptop.  With a bundle that holds the
+host's secret (L{bpctunnel.client.rsync_auth}), every module asks BackupPC
+for it; the secret reaches rsync through a pipe, fd 4.
 
 BackupPC counts the files rsync could not send only after its
 C{DumpPostUserCmd} has run, so the laptop counts them itself: each daemon
@@ -50,6 +52,7 @@ from bpctunnel.transport.sockets import release_and_close, tune_for_bulk
 from bpctunnel.errors import ConfigError
 from bpctunnel.wire.rsync_greeting import ModuleSniffer
 from bpctunnel.wire.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
+from bpctunnel.client.rsync_auth import SECRETS_FD, RsyncAuth
 from bpctunnel.client.rsync_log import MAX_LOG_LINE, TransferProblems
 from bpctunnel.client.rsyncd_conf import identity_overrides, module_identities, read_rsyncd_conf
 
@@ -66,16 +69,18 @@ def rsync_argv(rsync: str, rsyncd_conf: Path, overrides=()) -> list[str]:
     return [rsync, "--daemon", f"--config={rsyncd_conf}", *overrides]
 
 
-def daemon_overrides(rsyncd_conf: Path, euid: int) -> list[str]:
+def daemon_overrides(rsyncd_conf: Path, euid: int, auth: RsyncAuth | None = None) -> list[str]:
     """
     L{identity_overrides} for the rsyncd.conf as it is now (rsync reports a
-    bad one), and the daemon's log to our pipe (L{LOG_FD}).
+    bad one), the daemon's log to our pipe (L{LOG_FD}), and the host's
+    secret (L{SECRETS_FD}) if there is one.
     """
     try:
         global_settings, _ = read_rsyncd_conf(rsyncd_conf)
     except ConfigError:
         global_settings = {}
-    return [*identity_overrides(global_settings, euid), LOG_OVERRIDE]
+    secret = auth.daemon_overrides() if auth is not None else []
+    return [*identity_overrides(global_settings, euid), LOG_OVERRIDE, *secret]
 
 
 def user_log_file(rsyncd_conf: Path) -> Path | None:
@@ -331,6 +336,8 @@ class RsyncLauncher:
     rsyncd_conf: Path
     client_name: str = ""
     euid: int = attrs.field(factory=os.geteuid)
+    #: The secret each daemon asks BackupPC for, if any.
+    auth: RsyncAuth | None = None
     #: The rsync daemons running now.
     running: set = attrs.field(factory=set, eq=False)
 
@@ -346,16 +353,23 @@ class RsyncLauncher:
         protocol = RsyncProcessProtocol(channel, self.reactor, self.client_name,
                                         user_log_file(self.rsyncd_conf))
         argv = rsync_argv(self.rsync, self.rsyncd_conf,
-                          daemon_overrides(self.rsyncd_conf, self.euid))
+                          daemon_overrides(self.rsyncd_conf, self.euid, self.auth))
+        child_fds = {0: None, 1: "r", 2: "r", LOG_FD: "r"}
+        if self.auth is not None:
+            child_fds[SECRETS_FD] = "w"
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            child_fds[0] = theirs.fileno()
             try:
-                self.reactor.spawnProcess(protocol, argv[0], argv, env=rsync_environment(),
-                                          childFDs={0: theirs.fileno(), 1: "r", 2: "r",
-                                                    LOG_FD: "r"})
+                process = self.reactor.spawnProcess(protocol, argv[0], argv,
+                                                    env=rsync_environment(), childFDs=child_fds)
             except OSError as e:
                 channel.reset(f"the client could not start {self.rsync}: {e}")
                 return protocol
+            if self.auth is not None:
+                # A few dozen bytes: the pipe holds them until rsync reads.
+                process.writeToChild(SECRETS_FD, self.auth.secrets_line())
+                process.closeChildFD(SECRETS_FD)
             self.running.add(protocol)
             protocol.done.addBoth(lambda _: self.running.discard(protocol))
             # The reactor keeps a duplicate of our end; both originals close
