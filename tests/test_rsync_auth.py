@@ -100,13 +100,13 @@ class LauncherTests(SynchronousTestCase):
         self.assertFalse([a for a in daemon_overrides(conf, 1000) if "auth" in a or "secret" in a])
 
 
-def serve_once(rsync: str, conf: Path, auth: RsyncAuth) -> tuple[int, subprocess.Popen]:
+def serve_once(rsync: str, conf: Path, auth: RsyncAuth | None) -> tuple[int, subprocess.Popen]:
     """One rsync daemon, inetd-style, as the launcher starts it, behind a port."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     argv = rsync_argv(rsync, conf, daemon_overrides(conf, os.geteuid(), auth))
     read_end, write_end = os.pipe()
-    os.write(write_end, auth.secrets_line())
+    os.write(write_end, auth.secrets_line() if auth else b"")
     os.close(write_end)
     script = ("import os, socket, sys\n"
               "s = socket.socket(fileno=int(sys.argv[1])); c, _ = s.accept(); s.close()\n"

@@ -20,47 +20,105 @@ from pathlib import Path
 
 from bpctunnel.errors import ConfigError
 
-_FALSE = {"no", "false", "0"}
+#: rsync's spellings of a boolean, compared without case or white space.
 _TRUE = {"yes", "true", "1"}
+_FALSE = {"no", "false", "0"}
+#: Parameters rsync reads as booleans: a spelling it cannot read leaves the
+#: value as it was (the default, or the global one), as rsync does.
+BOOLEAN_KEYS = frozenset({
+    "readonly", "writeonly", "list", "usechroot", "mungesymlinks", "strictmodes",
+    "numericids", "ignoreerrors", "ignorenonreadable", "transferlogging", "fakesuper",
+    "forwardlookup", "reverselookup", "opennoatime",
+})
+
+
+def _squeezed(text: str) -> str:
+    """How rsync compares names and boolean words: no white space, any case."""
+    return "".join(text.split()).lower()
+
+
+def _boolean(value: str) -> str | None:
+    """C{"yes"} or C{"no"} for a spelling rsync reads as a boolean, else None."""
+    word = _squeezed(value)
+    return "yes" if word in _TRUE else "no" if word in _FALSE else None
+
+
+def _logical_lines(text: str):
+    """
+    (line number, line) with rsync's continuations joined: a line whose last
+    non-blank character is a backslash goes on with the next one (except a
+    comment line, which rsync ends at its newline).
+    """
+    pending, first = "", 0
+    for number, raw in enumerate(text.replace("\r", "").split("\n"), 1):
+        stripped = raw.rstrip()
+        if not pending:
+            first = number
+            if stripped.lstrip()[:1] in ("#", ";"):
+                yield number, raw       # a comment ends at its line, backslash or not
+                continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1]
+            continue
+        yield first, pending + raw
+        pending = ""
+    if pending:
+        yield first, pending
 
 
 def parse_rsyncd_conf(text: str, source: str) -> tuple[dict, dict[str, dict]]:
     """
-    The global settings and each module's settings, as rsync reads them:
-    C{[name]} starts a module, C{key = value} lines (keys are case- and
-    space-insensitive), C{#} and C{;} start comment lines.
+    The global settings and each module's settings, exactly as rsync reads
+    them (its C{params.c} and C{loadparm.c}):
+
+      - C{#} and C{;} start comment lines; a trailing backslash continues a line;
+      - names of parameters and modules match without case or white space
+        (C{[Docs]} and C{[ d o c s ]} are one module, its settings merged);
+      - a module starts with the global settings as they are at its header,
+        and a later C{[global]} section changes only the modules after it;
+      - a boolean spelling rsync cannot read leaves the value as it was.
+
+    Keys are given squeezed (C{"readonly"}); booleans as C{"yes"}/C{"no"}.
+
+    @raise ConfigError: C{&include}/C{&merge} (other files we would have to
+        follow to know what is writable), or a line rsync refuses.
     """
     global_settings: dict[str, str] = {}
     modules: dict[str, dict[str, str]] = {}
+    names: dict[str, str] = {}
     current = global_settings
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in _logical_lines(text):
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
-        if line.startswith("["):
-            if not line.endswith("]"):
+        if line[0] == "&":
+            raise ConfigError(f"{source}, line {number}: {line.split()[0]} directives are not "
+                              f"supported: keep the modules bpctunnel serves in this one file")
+        if line[0] == "[":
+            if "]" not in line:
                 raise ConfigError(f"{source}, line {number}: a module name needs a closing ']'")
-            name = line[1:-1].strip()
-            if name in ("global", ""):
+            name = " ".join(line[1:line.index("]")].split())
+            if not name:
+                raise ConfigError(f"{source}, line {number}: a module needs a name")
+            key = _squeezed(name)
+            if key == "global":
                 current = global_settings
+            elif "/" in name:
+                raise ConfigError(f"{source}, line {number}: module name {name!r} has a '/'")
             else:
-                current = modules.setdefault(name, {})
+                name = names.setdefault(key, name)
+                current = modules.setdefault(name, dict(global_settings))
             continue
         key, sep, value = line.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ConfigError(f"{source}, line {number}: expected 'name = value', got {line!r}")
-        current["".join(key.lower().split())] = value.strip()
+        key, value = _squeezed(key), value.strip()
+        if key in BOOLEAN_KEYS:
+            value = _boolean(value)
+            if value is None:
+                continue            # rsync: "Badly formed boolean", value unchanged
+        current[key] = value
     return global_settings, modules
-
-
-def _flag(value: str | None, default: bool) -> bool:
-    if value is None:
-        return default
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    return default
 
 
 def read_rsyncd_conf(path: Path) -> tuple[dict, dict[str, dict]]:
@@ -99,7 +157,5 @@ def module_identities(global_settings: dict, modules: dict[str, dict], euid: int
 
 def writable_modules(path: Path) -> list[str]:
     """The modules of an rsyncd.conf that accept writes (read only = no)."""
-    global_settings, modules = read_rsyncd_conf(path)
-    global_read_only = _flag(global_settings.get("readonly"), True)
-    return [name for name, settings in modules.items()
-            if not _flag(settings.get("readonly"), global_read_only)]
+    _, modules = read_rsyncd_conf(path)
+    return [name for name, settings in modules.items() if settings.get("readonly") == "no"]
