@@ -238,8 +238,8 @@ class RsyncBridgeTests(SynchronousTestCase):
         wire.server.open_channel().attach(FakeLocalEnd())
         wire.pump()
         (args, child_fds), = spawned
-        self.assertEqual(args, ["/usr/bin/rsync", "--daemon", f"--config={conf}",
-                                "--dparam=logfile=/dev/fd/3"])
+        self.assertEqual(args[:3], ["/usr/bin/rsync", "--daemon", f"--config={conf}"])
+        self.assertEqual(args[-1], "--dparam=logfile=/dev/fd/3")
         self.assertEqual(child_fds[3], "r")
 
     def test_transfer_report_at_exit(self):
@@ -324,6 +324,9 @@ class DaemonLogParserTests(SynchronousTestCase):
                 'rsync: [sender] read errors mapping "disk.img" (in documents): Input/output '
                 'error (5)',
                 'file has vanished: "tmp/lock" (in documents)',
+                # A daemon in a chroot names files from its root.
+                'rsync: [sender] send_files failed to open "/sub/x.txt" (in documents): '
+                'Permission denied (13)',
             ]],
             [("unreadable", "documents", "secret.txt"),
              ("unreadable", "my docs", "a (b)/c.txt"),
@@ -331,7 +334,8 @@ class DaemonLogParserTests(SynchronousTestCase):
              ("unreadable", "documents", "private/"),
              ("unreadable", "documents", "gone"),
              ("unreadable", "documents", "disk.img"),
-             ("vanished", "documents", "tmp/lock")])
+             ("vanished", "documents", "tmp/lock"),
+             ("unreadable", "documents", "sub/x.txt")])
 
     def test_other_lines(self):
         for line in ["2026/11/30 17:26:18 [5750] connect from localhost (127.0.0.1)",

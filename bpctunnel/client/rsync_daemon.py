@@ -54,7 +54,12 @@ from bpctunnel.wire.rsync_greeting import ModuleSniffer
 from bpctunnel.wire.mux import LOCAL_READ_SIZE, Channel, ILocalEnd
 from bpctunnel.client.rsync_auth import SECRETS_FD, RsyncAuth
 from bpctunnel.client.rsync_log import MAX_LOG_LINE, TransferProblems
-from bpctunnel.client.rsyncd_conf import identity_overrides, module_identities, read_rsyncd_conf
+from bpctunnel.client.rsyncd_conf import (
+    confinement_overrides,
+    identity_overrides,
+    module_identities,
+    read_rsyncd_conf,
+)
 
 #: Seconds rsync may keep running after BackupPC has gone away.
 KILL_GRACE = 10.0
@@ -80,7 +85,8 @@ def daemon_overrides(rsyncd_conf: Path, euid: int, auth: RsyncAuth | None = None
     except ConfigError:
         global_settings = {}
     secret = auth.daemon_overrides() if auth is not None else []
-    return [*identity_overrides(global_settings, euid), LOG_OVERRIDE, *secret]
+    return [*identity_overrides(global_settings, euid), *confinement_overrides(euid),
+            LOG_OVERRIDE, *secret]
 
 
 def user_log_file(rsyncd_conf: Path) -> Path | None:
@@ -390,6 +396,22 @@ def parse_rsync_version(output: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+#: rsync 3.4.0 (January 2025) fixed daemon-side holes (CVE-2024-12084 to
+#: -12088 and more) that a hostile client could use; distributions backport
+#: the fixes without changing the version (Debian 12's 3.2.7-1+deb12u2).
+FIXED_DAEMON_HOLES = (3, 4, 0)
+
+
+def version_warning(version: str) -> str | None:
+    """Words for the log if C{version} predates L{FIXED_DAEMON_HOLES}."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+    if not numbers or numbers >= FIXED_DAEMON_HOLES:
+        return None
+    return (f"rsync {version} predates 3.4.0, which fixed daemon holes a broken-into backup "
+            f"server could use; bpctunnel confines it (refused options, and a chroot when run "
+            f"as root), but update rsync or make sure your distribution backported the fixes")
+
+
 def log_daemon_identity(reactor: IReactorProcess, rsync: str, rsyncd_conf: Path,
                         euid: int | None = None) -> Deferred:
     """
@@ -411,6 +433,10 @@ def log_daemon_identity(reactor: IReactorProcess, rsync: str, rsyncd_conf: Path,
             lines.append(f"{rsync} --version said no version (exit status {code})")
         else:
             lines.append(f"rsync {version[0]} (protocol {version[1]}) at {rsync}")
+            warning = version_warning(version[0])
+            if warning:
+                log.warn("{warning}", warning=warning)
+                lines.append(warning)
         try:
             global_settings, modules = read_rsyncd_conf(rsyncd_conf)
         except ConfigError as e:

@@ -36,13 +36,14 @@ def parse_log_line(line: str) -> tuple[str, str, str] | None:
     """
     C{(kind, module, name)} of a daemon log line saying a file could not be
     sent (kind C{unreadable}; a folder's name ends with C{/}) or vanished
-    (C{vanished}); C{None} for every other line.
+    (C{vanished}); C{None} for every other line.  Names are relative to
+    the module: a daemon in a chroot names them from its root (C{"/a.txt"}).
     """
     text = _LOG_PREFIX.sub("", line)
     for kind, suffix, pattern in _PROBLEMS:
         match = pattern.search(text)
         if match:
-            return kind, match.group("module"), match.group("name") + suffix
+            return kind, match.group("module"), match.group("name").lstrip("/") + suffix
     return None
 
 

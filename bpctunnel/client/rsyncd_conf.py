@@ -141,6 +141,30 @@ def identity_overrides(global_settings: dict, euid: int) -> list[str]:
     return [f"--dparam={key}=0" for key in ("uid", "gid") if key not in global_settings]
 
 
+#: Options no backup or restore by BackupPC needs (its RsyncArgs and
+#: RsyncRestoreArgs send none of them), with which a hostile BackupPC (or a
+#: BackupPC web user who may edit RsyncArgsExtra) would make the laptop's
+#: daemon follow symlinks out of a module, read devices, delete what it
+#: sent, or allocate without bound.  rsync refuses the short forms (-L, -k,
+#: -K) with the long ones.
+REFUSED_OPTIONS = ("copy-links", "copy-unsafe-links", "copy-dirlinks", "keep-dirlinks",
+                   "copy-devices", "write-devices", "remove-source-files", "max-alloc")
+
+
+def confinement_overrides(euid: int) -> list[str]:
+    """
+    The C{--dparam} options that keep a daemon inside its modules: the
+    options in L{REFUSED_OPTIONS} refused, and for a daemon started by root
+    C{use chroot = yes} (the template's global C{use chroot = no} is for a
+    daemon run by a user, which cannot chroot).  A module that sets its own
+    C{refuse options} or C{use chroot} keeps them.
+    """
+    found = [f"--dparam=refuseoptions={' '.join(REFUSED_OPTIONS)}"]
+    if euid == 0:
+        found.append("--dparam=usechroot=yes")
+    return found
+
+
 def module_identities(global_settings: dict, modules: dict[str, dict], euid: int,
                       user: str) -> dict[str, str]:
     """Who each module reads files as, in words for the client's log."""
