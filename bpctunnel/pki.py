@@ -59,10 +59,14 @@ def _key_pem(key) -> bytes:
                              serialization.NoEncryption())
 
 
+#: The longest common name a certificate holds (RFC 5280, ub-common-name).
+MAX_COMMON_NAME = 64
+
+
 def _subject(common_name: str) -> x509.Name:
-    if not common_name or len(common_name) > 64:
+    if not common_name or len(common_name) > MAX_COMMON_NAME:
         raise CertificateError(
-            f"common name {common_name!r} must be 1 to 64 characters long; "
+            f"common name {common_name!r} must be 1 to {MAX_COMMON_NAME} characters long; "
             f"use a shorter host name"
         )
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -112,6 +112,15 @@ class RegisterTests(SynchronousTestCase):
         self.assertIn("not a usable BackupPC host name", str(e))
         self.assertEqual(list(self.out.iterdir()), [])
 
+    def test_name_too_long_for_a_certificate(self):
+        """Refused before the hosts file or a host config is written."""
+        before = self.paths.hosts.read_bytes()
+        e = self.assertRaises(admin.AdminError, self.register, "a" * 65)
+        self.assertIn("longer than 64 characters", str(e))
+        self.assertEqual(self.paths.hosts.read_bytes(), before)
+        self.assertEqual([p.name for p in self.paths.conf.glob("a*.pl")], [])
+        self.assertEqual(self.register("a" * 64).host, "a" * 64)
+
     def test_own_ping_cmd_kept(self):
         """A host that has a PingCmd of its own keeps it; one without gets ours."""
         self.paths.conf.joinpath("laptop1.pl").write_text(

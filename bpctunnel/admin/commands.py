@@ -205,6 +205,10 @@ def checked_host(host: str) -> str:
     problem = _host_name_problem(host)
     if problem is None and any(c.isspace() or c == "#" for c in host):
         problem = "it contains white space or '#'"
+    if problem is None and len(host) > pki.MAX_COMMON_NAME:
+        # Found now, before the hosts file or a host config is written.
+        problem = (f"it is longer than {pki.MAX_COMMON_NAME} characters, the most a "
+                   f"certificate's common name holds")
     if problem:
         raise AdminError(f"{host!r} is not a usable BackupPC host name ({problem})")
     return ascii_lower(host)
