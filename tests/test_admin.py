@@ -21,6 +21,7 @@ from bpctunnel.admin import checks as health
 from bpctunnel import pki
 from bpctunnel.admin.commands import AdminError, Paths
 from bpctunnel.backuppc.hosts import authorize, read_hosts, read_perl_config
+from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.client.config import find_rsync
 from bpctunnel.admin.demo import rsync_pull
 from bpctunnel.admin.checks import format_table, inspect_hosts
@@ -556,3 +557,22 @@ class ThreeCommandSetupTests(TestCase):
         code, out = yield run_cli(self, "check", "--certs", str(root), "--backuppc-conf", str(root))
         self.assertEqual(code, 0, out)
         self.assertIn("no problems found in 0 tunnel host(s)", out)
+
+
+class IgnoredCopyTests(SynchronousTestCase):
+    """check names a host config BackupPC never reads."""
+
+    def test_copy_in_pc_folder(self):
+        paths = fresh_paths(self)
+        result = admin.register_client(paths, "laptop1", add_host=True,
+                                       out=temp_dir(self) / "l1", shares=("docs",))
+        layout = config_layout(paths.conf)
+        self.assertEqual(result.config_path, layout.host_config("laptop1"))
+        other = [p for p in layout.candidates("laptop1") + [paths.conf / "pc" / "laptop1.pl"]
+                 if p != result.config_path][-1]
+        other.parent.mkdir(parents=True, exist_ok=True)
+        other.write_text(result.config_path.read_text())
+        problems = [p.message for r in inspect_hosts(paths) for p in r.problems]
+        self.assertEqual(problems, [f"{other} is a config of laptop1 that BackupPC never reads "
+                                    f"(it reads {result.config_path}): merge what it should say "
+                                    f"into {result.config_path.name} and remove it"])

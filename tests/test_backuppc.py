@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel.backuppc import hosts as backuppc
+from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.backuppc.hosts import (
     HostEntry, PerlExpression, TUNNEL_CERT_RE, TunnelSettings, authorize,
     find_fingerprints, find_host_config, normalize_fingerprint, parse_hosts,
@@ -235,8 +236,9 @@ class RealFilesAuthorizeTests(TempDirMixin, SynchronousTestCase):
     def test_main_config_is_not_a_host_config(self):
         """localhost is listed but has no <host>.pl: config.pl does not count."""
         e = self.assertRaises(FingerprintMismatch, authorize, self.conf, "localhost", FP1)
-        self.assertEqual(str(e), f"fingerprint mismatch for localhost: no host config "
-                                 f"localhost.pl found in {self.conf} or {self.conf}/pc")
+        self.assertTrue(str(e).startswith("fingerprint mismatch for localhost: no host config "
+                                          "for localhost: BackupPC reads "), str(e))
+        self.assertTrue(str(e).endswith(f"{self.conf}/localhost.pl"), str(e))
 
 
 # --- hosts file rules ----------------------------------------------------------
@@ -757,17 +759,51 @@ class AuthorizeTests(TempDirMixin, SynchronousTestCase):
         self.assertEqual(authorize(self.conf, "LAPTOP3", colons(FP1)),
                          TunnelSettings("laptop3", path, frozenset({FP1}), 64703))
 
-    def test_pc_subfolder(self):
-        """Without <conf>/<host>.pl, <conf>/pc/<host>.pl is used."""
-        path = self.write("pc/laptop1.pl", host_config(port="64711"))
-        self.assertEqual(authorize(self.conf, "laptop1", FP1).config_path, path)
-        self.assertEqual(authorize(self.conf, "laptop1", FP1).port, 64711)
+    def elsewhere(self):
+        """A temporary folder outside the config folder."""
+        folder = Path(tempfile.mkdtemp(prefix="bpctunnel-test-"))
+        self.addCleanup(shutil.rmtree, folder, True)
+        return folder
 
-    def test_conf_dir_wins_over_pc(self):
-        self.write("pc/laptop1.pl", host_config(port="64711"))
-        self.write("laptop1.pl", host_config(port="64712"))
-        self.assertEqual(find_host_config(self.conf, "laptop1"), self.conf / "laptop1.pl")
-        self.assertEqual(authorize(self.conf, "laptop1", FP1).port, 64712)
+    def layout(self, use_fhs, top_dir=None):
+        """The layout of a BackupPC whose Lib.pm says C{useFHS} (None: no BackupPC)."""
+        lib_pm = self.elsewhere() / f"Lib-{use_fhs}.pm"
+        lib_pm.write_text(f"    my $useFHS = {int(bool(use_fhs))};\n"
+                          f"    $topDir     = '{top_dir}'     if ( $topDir eq \"\" );\n")
+        return config_layout(self.conf, [lib_pm] if use_fhs is not None else [])
+
+    def test_the_config_backuppc_reads(self):
+        """BackupPC's ConfigPath: FHS pc/<host>.pl; classic TopDir's config.pl, else <host>.pl."""
+        top = self.elsewhere() / "top"
+        (top / "pc" / "laptop1").mkdir(parents=True)
+        flat = self.write("laptop1.pl", host_config(port="64712"))
+        sub = self.write("pc/laptop1.pl", host_config(port="64711"))
+        legacy = top / "pc" / "laptop1" / "config.pl"
+        fhs, classic, unknown = self.layout(True), self.layout(False, top), self.layout(None)
+        self.assertEqual(fhs.host_config("laptop1"), sub)
+        self.assertEqual(fhs.ignored_copies("laptop1"), [flat])
+        self.assertEqual(classic.host_config("laptop1"), flat)
+        self.assertEqual(classic.ignored_copies("laptop1"), [sub])
+        self.assertEqual(unknown.host_config("laptop1"), flat)
+        legacy.write_text(host_config(port="64713"))
+        self.assertEqual(classic.host_config("laptop1"), legacy)
+        self.assertEqual(classic.ignored_copies("laptop1"), [flat, sub])
+        self.assertEqual(fhs.host_config("laptop1"), sub)
+        flat.unlink()
+        self.assertEqual(unknown.host_config("laptop1"), sub)
+
+    def test_classic_top_dir_from_config_pl(self):
+        """config.pl's TopDir wins over Lib.pm's default."""
+        self.write("config.pl", "$Conf{TopDir} = '/srv/backuppc';\n")
+        self.assertEqual(self.layout(False, "/var/lib/backuppc").top_dir, Path("/srv/backuppc"))
+        (self.conf / "config.pl").unlink()
+        self.assertEqual(self.layout(False, "/var/lib/backuppc").top_dir,
+                         Path("/var/lib/backuppc"))
+
+    def test_new_config_goes_where_backuppc_reads(self):
+        self.assertEqual(self.layout(True).host_config("new"), self.conf / "pc" / "new.pl")
+        self.assertEqual(self.layout(False, "/nowhere").host_config("new"),
+                         self.conf / "new.pl")
 
     def test_renewal_overlap(self):
         """Either of two TunnelCert tags authorizes."""
@@ -832,8 +868,9 @@ class AuthorizeTests(TempDirMixin, SynchronousTestCase):
 
     def test_no_host_config(self):
         message = self.refused(FingerprintMismatch)
-        self.assertEqual(message, f"fingerprint mismatch for laptop1: no host config "
-                                  f"laptop1.pl found in {self.conf} or {self.conf}/pc")
+        self.assertTrue(message.startswith("fingerprint mismatch for laptop1: no host config "
+                                           "for laptop1: BackupPC reads "), message)
+        self.assertTrue(message.endswith(f"{self.conf}/laptop1.pl"), message)
 
     def test_mismatch(self):
         self.write("laptop1.pl", host_config())
@@ -939,10 +976,9 @@ class TunnelSettingsTests(TempDirMixin, SynchronousTestCase):
 
     def test_settings(self):
         conf = self.tempdir()
-        (conf / "pc").mkdir()
-        (conf / "pc" / "laptop1.pl").write_text(host_config(port="64799"))
+        (conf / "laptop1.pl").write_text(host_config(port="64799"))
         self.assertEqual(tunnel_settings(conf, "Laptop1"), TunnelSettings(
-            "laptop1", conf / "pc" / "laptop1.pl", frozenset({FP1}), 64799))
+            "laptop1", conf / "laptop1.pl", frozenset({FP1}), 64799))
 
     def test_refusals(self):
         conf = self.tempdir()

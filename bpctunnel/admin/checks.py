@@ -21,6 +21,7 @@ from bpctunnel.admin.commands import (
     read_host_config,
 )
 from bpctunnel.backuppc.hosts import find_fingerprints, read_hosts
+from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.errors import BpcTunnelError
 from bpctunnel.admin.permissions import Account, unreadable_reason
 
@@ -141,7 +142,11 @@ def inspect_hosts(paths: Paths, readers=()) -> list[HostReport]:
     reports = []
     port_owner: dict[str, list[str]] = {}
     raw = []
-    for path, host in host_config_files(paths.conf).items():
+    layout = config_layout(paths.conf)
+    # Each host once, with the config BackupPC reads (copies it ignores are
+    # reported with it).
+    read = {host: layout.host_config(host) for host in host_config_files(paths.conf).values()}
+    for host, path in sorted(read.items()):
         problems = []
         try:
             _, config = read_host_config(path)
@@ -196,6 +201,10 @@ def inspect_hosts(paths: Paths, readers=()) -> list[HostReport]:
             problems.append(Problem(host, f"the certificate of {host} {when} ({expires}); run "
                                           f"`bpctunnel renew {host}`"))
         problems += _secret_problems(host, path, config)
+        for copy in layout.ignored_copies(host):
+            problems.append(Problem(host, f"{copy} is a config of {host} that BackupPC never "
+                                          f"reads (it reads {path}): merge what it should say "
+                                          f"into {path.name} and remove it"))
         ping = " ".join(p for p in _as_list(config.get("PingCmd")) if isinstance(p, str))
         if "bpctunnel" in ping and "$host" in ping:
             problems.append(Problem(host, f"$Conf{{PingCmd}} in {path.name} passes $host, which "

@@ -30,6 +30,7 @@ from bpctunnel.backuppc.hosts import (
     read_config_text,
 )
 from bpctunnel.errors import BpcTunnelError, ConfigError
+from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.backuppc.perlconf import parse_perl_config
 from bpctunnel.client.rsync_auth import DEFAULT_USER as DEFAULT_RSYNC_USER, RsyncAuth
 
@@ -401,7 +402,7 @@ def register_client(paths: Paths, host: str, *, port: int | None = None, shares=
         new_hosts, _ = confedit.add_host(hosts_text, host, user, str(paths.hosts))
         added_host = True
         messages.append(f"added {host} to {paths.hosts}")
-    config_path = find_host_config(paths.conf, host) or paths.conf / f"{host}.pl"
+    config_path = config_layout(paths.conf).host_config(host)
     config = read_host_config(config_path)[1] if config_path.exists() else None
     current = config.get("ClientComment") if config else None
     registered = find_fingerprints(current) if isinstance(current, str) else frozenset()

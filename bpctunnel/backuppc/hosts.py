@@ -24,6 +24,7 @@ from attrs import frozen
 from bpctunnel.errors import (
     ConfigError, FingerprintMismatch, HostConfigInvalid, UnknownHost,
 )
+from bpctunnel.backuppc.layout import ConfigLayout, config_layout
 from bpctunnel.backuppc.perlconf import (
     Assignment, PerlConfig, PerlExpression, parse_perl_config, read_config_text,
     read_perl_config,
@@ -180,28 +181,27 @@ def _shown(name):
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def find_host_config(conf_dir, host):
+def find_host_config(conf_dir, host, layout: ConfigLayout | None = None):
     """
-    Return C{<conf_dir>/<host>.pl}, else C{<conf_dir>/pc/<host>.pl}, else None.
+    The config BackupPC reads for C{host} (L{bpctunnel.backuppc.layout}),
+    if it exists, else None.
 
     @raise ConfigError: C{host} could not be a file name in C{conf_dir}.
     """
     problem = _host_name_problem(host)
     if problem:
         raise ConfigError(f"{_shown(host)} is not a valid BackupPC host name ({problem})")
-    conf_dir = Path(conf_dir)
-    for path in (conf_dir / f"{host}.pl", conf_dir / "pc" / f"{host}.pl"):
-        if path.exists():
-            return path
-    return None
+    path = (layout or config_layout(conf_dir)).host_config(host)
+    return path if path.exists() else None
 
 
 def _load_host_config(conf_dir, host, read_config=None):
     """Find and parse the config of C{host}, refusing it if that fails."""
-    path = find_host_config(conf_dir, host)
+    layout = config_layout(conf_dir)
+    path = find_host_config(conf_dir, host, layout)
     if path is None:
-        raise FingerprintMismatch(host, f"no host config {host}.pl found in {conf_dir} "
-                                        f"or {Path(conf_dir) / 'pc'}")
+        places = " or ".join(str(p) for p in layout.candidates(host))
+        raise FingerprintMismatch(host, f"no host config for {host}: BackupPC reads {places}")
     try:
         return path, (read_config or read_perl_config)(path)
     except ConfigError as e:
