@@ -1,12 +1,17 @@
 """Which local user opened a loopback TCP connection (bpctunnel.transport.peer_credentials)."""
 
 import os
+import pwd
 import socket
 import subprocess
 import sys
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from bpctunnel.server.backuppc_port import LocalConnectionProtocol, LocalUsers
 from bpctunnel.transport.peer_credentials import owner_in_table, tcp_connection_owner
 
 HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -70,3 +75,49 @@ class RealSocketTests(SynchronousTestCase):
     def test_root(self):
         self.assertEqual(os.geteuid(), 0, "the suite runs as root (CI does)")
         self.assertEqual(self.connect_as(0), 0)
+
+
+class LocalUsersTests(SynchronousTestCase):
+    """A laptop's port lets in root and BackupPC's user only (server.backuppc_port)."""
+
+    def connection(self, uid, users):
+        class Tunnel:
+            host = "laptop1"
+            opened = 0
+
+            class mux:
+                @staticmethod
+                def open_channel(_details):
+                    Tunnel.opened += 1
+                    raise AssertionError("no channel for a refused user")
+
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 64701),
+                                    peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        protocol = LocalConnectionProtocol(Tunnel, users(lambda client, server: uid))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        try:
+            protocol.makeConnection(transport)
+        except AssertionError:
+            pass
+        protocol.connectionLost(None)
+        return transport, Tunnel.opened, [e for e in events if "refusal" in e]
+
+    def test_other_user_cut_off_with_uid_logged(self):
+        transport, opened, logged = self.connection(
+            65534, lambda owner: LocalUsers.backuppc("backuppc", owner))
+        self.assertEqual((transport.disconnecting or transport.disconnected, opened), (True, 0))
+        self.assertIn("uid 65534 (nobody) is neither root nor BackupPC's user",
+                      logged[0]["refusal"])
+
+    def test_unknown_owner_cut_off(self):
+        _, opened, logged = self.connection(None, lambda owner: LocalUsers(frozenset({0}), owner))
+        self.assertEqual(opened, 0)
+        self.assertIn("could not be identified", logged[0]["refusal"])
+
+    def test_backuppc_and_root_get_a_channel(self):
+        for uid in (0, pwd.getpwnam("backuppc").pw_uid):
+            _, opened, logged = self.connection(
+                uid, lambda owner: LocalUsers.backuppc("backuppc", owner))
+            self.assertEqual((opened, logged), (1, []), uid)

@@ -1,9 +1,20 @@
 """
 The server's end of a channel: one TCP connection from BackupPC to
 127.0.0.1:<RsyncdClientPort>.
+
+Every local process can connect to that port, so besides the host's rsync
+secret (L{bpctunnel.client.rsync_auth}) the port itself lets in only the
+users of L{LocalUsers}: BackupPC's user and root, by the uid of the
+connecting socket (L{bpctunnel.transport.peer_credentials}).  Anyone else
+is cut off before a channel opens, with a log line naming the uid.
 """
 
 from __future__ import annotations
+
+import pwd
+from typing import Callable
+
+import attrs
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -11,9 +22,51 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from bpctunnel.transport.peer_credentials import tcp_connection_owner
 from bpctunnel.transport.sockets import release_and_close, tune_for_bulk
 from bpctunnel.wire.rsync_greeting import ModuleSniffer
 from bpctunnel.wire.mux import LOCAL_READ_SIZE, ILocalEnd
+
+
+@attrs.frozen
+class LocalUsers:
+    """
+    The local users who may connect to a laptop's port, by uid; C{None}:
+    everyone (the check is off).
+    """
+
+    uids: frozenset[int] | None
+    #: (client address, server address) -> uid of the connecting socket, or None.
+    owner_of: Callable = attrs.field(default=tcp_connection_owner, eq=False, repr=False)
+
+    @classmethod
+    def backuppc(cls, user: str, owner_of: Callable = tcp_connection_owner) -> LocalUsers:
+        """Root and BackupPC's user (C{$Conf{BackupPCUser}}), if it exists."""
+        uids = {0}
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass
+        return cls(frozenset(uids), owner_of)
+
+    def refusal(self, client, server) -> str | None:
+        """Why a connection from C{client} to C{server} is refused, or None."""
+        if self.uids is None:
+            return None
+        uid = self.owner_of((client.host, client.port), (server.host, server.port))
+        if uid is None:
+            return ("the connecting process could not be identified (it is gone, or in "
+                    "another network namespace)")
+        if uid not in self.uids:
+            return f"uid {uid} ({_user_name(uid)}) is neither root nor BackupPC's user"
+        return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "no such user"
 
 
 @implementer(ILocalEnd, IHalfCloseableProtocol)
@@ -27,8 +80,9 @@ class LocalConnectionProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, tunnel):
+    def __init__(self, tunnel, local_users: LocalUsers | None = None):
         self.tunnel = tunnel
+        self.local_users = local_users
         self.channel = None
         self._greeting = ModuleSniffer()
 
@@ -39,6 +93,13 @@ class LocalConnectionProtocol(Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
+        refusal = self.local_users and self.local_users.refusal(peer, self.transport.getHost())
+        if refusal:
+            self.log.warn("refused a local connection to the port of {client_name} from "
+                          "{peer}: {refusal}", client_name=self.tunnel.host,
+                          peer=f"{peer.host}:{peer.port}", refusal=refusal)
+            self.transport.abortConnection()
+            return
         tune_for_bulk(self.transport, LOCAL_READ_SIZE)
         self.channel = self.tunnel.mux.open_channel({"peer": f"{peer.host}:{peer.port}"})
         self.channel.attach(self)
@@ -50,6 +111,8 @@ class LocalConnectionProtocol(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if self.channel is None:
+            return              # refused in connectionMade
         if not self._greeting.done:
             self._greeting.feed(data)
             if self._greeting.module is not None:
@@ -57,12 +120,16 @@ class LocalConnectionProtocol(Protocol):
         self.channel.local_data(data)
 
     def readConnectionLost(self) -> None:
+        if self.channel is None:
+            return              # refused in connectionMade
         self.channel.local_eof()
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason=None) -> None:
+        if self.channel is None:
+            return              # refused in connectionMade
         error = None
         if reason is not None and not reason.check(ConnectionDone):
             error = f"BackupPC's connection failed: {reason.getErrorMessage()}"
@@ -113,10 +180,11 @@ class LocalListenerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, tunnel):
+    def __init__(self, tunnel, local_users: LocalUsers | None = None):
         self.tunnel = tunnel
+        self.local_users = local_users
 
     def buildProtocol(self, addr):
         if not self.tunnel.may_carry_connection():
             return None
-        return LocalConnectionProtocol(self.tunnel)
+        return LocalConnectionProtocol(self.tunnel, self.local_users)
