@@ -23,6 +23,7 @@ from bpctunnel.admin.commands import AdminError, Paths
 from bpctunnel.backuppc.hosts import authorize, read_hosts, read_perl_config
 from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.client.config import find_rsync
+from bpctunnel.client.rsync_auth import RsyncAuth
 from bpctunnel.admin.demo import rsync_pull
 from bpctunnel.admin.checks import format_table, inspect_hosts
 from bpctunnel.testing.sandbox import HOSTS_HEADER, make_sample_tree, start_client, start_server, tree_digest
@@ -482,8 +483,17 @@ class ThreeCommandSetupTests(TestCase):
         client = start_client(reactor, bundle / "client.conf")
         self.addCleanup(client.stop)
         yield client.events.next("open").addTimeout(TIMEOUT, reactor)
+        # Without the host's secret the laptop serves nothing; with it, everything.
+        wrong = RsyncAuth("backuppc", "not-the-secret-of-laptop1")
+        _, err, code = yield rsync_pull(reactor, rsync, port, "docs", temp_dir(self),
+                                        wrong).addTimeout(TIMEOUT, reactor)
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"auth failed on module docs", err)
+        config = read_perl_config(conf / "laptop1.pl")
+        auth = RsyncAuth(config.get("RsyncdUserName"), config.get("RsyncdPasswd"))
         dest = temp_dir(self)
-        _, err, code = yield rsync_pull(reactor, rsync, port, "docs", dest).addTimeout(TIMEOUT, reactor)
+        _, err, code = yield rsync_pull(reactor, rsync, port, "docs", dest, auth).addTimeout(
+            TIMEOUT, reactor)
         self.assertEqual(code, 0, err)
         self.assertEqual((yield deferToThread(tree_digest, dest)),
                          (yield deferToThread(tree_digest, source)))

@@ -15,7 +15,10 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel.server.backup_requests import BackupDesk
@@ -28,13 +31,15 @@ from bpctunnel.server.backup_requests import (
     REPORT_POLL,
 )
 from bpctunnel.client.backup_now import (
-    FAILED, NOT_STARTED, OK, BackupNow, Outcome, ProgressDisplay, clock_time, files_line,
-    human_bytes,
+    FAILED, NOT_STARTED, OK, TIMED_OUT, BackupNow, Outcome, ProgressDisplay, clock_time,
+    files_line, human_bytes,
 )
+from bpctunnel.client.retry import TunnelService
 from bpctunnel.backuppc.server_mesg import BackupReply, BackupRequest, BackupTrigger, HostStatus
 from tests.helpers import TIMEOUT, run_cli, spawn, tcp_connect, temp_dir
 from tests.test_backup_trigger import NO_PING_REPLY, stand_in, status_stand_in
 from tests.test_end_to_end import TunnelTestCase
+from tests.test_retry import memory_tunnels
 
 
 class FormatTests(SynchronousTestCase):
@@ -431,24 +436,33 @@ class TransferReportTests(SynchronousTestCase):
         self.assertEqual(self.desk._pending, {})
 
 
-class FakeFactory:
-    def __init__(self):
-        self.observers = []
-        self.current = None
+class IdleService:
+    """A service whose tunnel never opens: the outcome tests feed control messages."""
+
+    running = False
+
+    def startService(self):
+        self.running = True
+
+    def stopService(self):
+        self.running = False
+        return succeed(None)
+
+    def whenConnected(self, failAfterFailures=None):
+        return Deferred()
 
 
 class BackupNowOutcomeTests(SynchronousTestCase):
-    """How backup-now ends on each backup-done (no sockets: a fake factory)."""
+    """How backup-now ends on each backup-done (no sockets: a service that never connects)."""
 
     def outcome(self, body):
         clock, out = Clock(), io.StringIO()
         config = type("Config", (), {"server": "wss://backup.example.org/tunnel",
                                      "host": "laptop1"})()
-        run = BackupNow(clock, config, lambda factory: Deferred(),
-                        ProgressDisplay(out, clock, live=False), factory=FakeFactory())
+        run = BackupNow(clock, config, IdleService(), ProgressDisplay(out, clock, live=False))
         result = run.run()
-        run._event("control", None, {"type": "backup-requested", "ok": True, "message": "ok"})
-        run._event("control", None, body)
+        run._control({"type": "backup-requested", "ok": True, "message": "ok"})
+        run._control(body)
         return self.successResultOf(result), out.getvalue()
 
     def test_declined(self):
@@ -490,6 +504,87 @@ class BackupNowOutcomeTests(SynchronousTestCase):
         self.assertEqual(files_line({"unreadable": ["a", 5], "unreadable_count": "x"},
                                     "unreadable"), "1 file unreadable: a")
         self.assertEqual(files_line({}, "vanished"), "")
+
+
+class BackupNowConnectionTests(SynchronousTestCase):
+    """
+    backup-now's one attempt (ClientService.whenConnected(failAfterFailures=1)),
+    with the real tunnel protocol on in-memory connections and a clock.
+    """
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.factory, self.endpoint = memory_tunnels(self.clock, role="backup-now")
+        self.service = TunnelService(self.endpoint, self.factory, self.clock)
+        run = BackupNow(self.clock, self.factory.config, self.service,
+                        ProgressDisplay(io.StringIO(), self.clock, live=False), timeout=60)
+        self.result = Deferred()
+        self.start = lambda: run.run().chainDeferred(self.result)
+
+    def assertStopped(self):
+        """The service is stopped on the next turn: no retry, no timer left."""
+        self.clock.advance(0)
+        self.assertFalse(self.service.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_refused(self):
+        """The server refuses: exit 2 with its words and the advice, and no second attempt."""
+        self.start()
+        self.endpoint.refuse("unknown host for laptop1: not in BackupPC's hosts file")
+        self.assertEqual(self.successResultOf(self.result), Outcome(NOT_STARTED, (
+            "could not open the tunnel: unknown host for laptop1: not in BackupPC's hosts file; "
+            "ask the BackupPC admin to add this host to BackupPC's hosts file")))
+        self.assertStopped()
+        self.assertEqual(len(self.endpoint.connections), 1)
+
+    def test_unreachable(self):
+        self.endpoint.refusing = True
+        self.start()
+        outcome = self.successResultOf(self.result)
+        self.assertEqual(outcome.status, NOT_STARTED)
+        self.assertTrue(outcome.message.startswith(
+            "cannot reach wss://backup.example.org:8443/tunnel: Connection was refused"),
+            outcome.message)
+        self.assertStopped()
+
+    def test_asks_and_follows_until_the_result(self):
+        """Once open it asks for the backup; the result closes the tunnel, then exit 0."""
+        self.start()
+        protocol = self.endpoint.accept()
+        _, transport = self.endpoint.connections[-1]
+        self.assertIn(b'"backup-request"', transport.value())
+        transport.clear()
+        self.factory.current._control({"type": "backup-done", "ok": True, "detail": "xferOK=1"})
+        self.assertNoResult(self.result)
+        self.assertTrue(transport.value().startswith(b"\x88"))  # the closing handshake
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(self.result),
+                         Outcome(OK, "BackupPC reports the backup succeeded: xferOK=1"))
+        self.assertStopped()
+        self.assertEqual(len(self.endpoint.connections), 1)
+
+    def test_tunnel_lost(self):
+        """The tunnel closes before the result: exit 1, and no reconnection."""
+        self.start()
+        protocol = self.endpoint.accept()
+        protocol.connectionLost(Failure(ConnectionLost("gone")))
+        outcome = self.successResultOf(self.result)
+        self.assertEqual(outcome.status, FAILED)
+        self.assertIn("the tunnel closed before BackupPC reported the result: ", outcome.message)
+        self.assertStopped()
+        self.assertEqual(len(self.endpoint.connections), 1)
+
+    def test_no_result_in_time(self):
+        """The timeout during the handshake: exit 3; stopping aborts the connection."""
+        self.start()
+        self.clock.advance(60)
+        self.assertEqual(self.successResultOf(self.result).status, TIMED_OUT)
+        self.clock.advance(0)
+        protocol, transport = self.endpoint.connections[-1]
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(self.service.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class BackupNowTestCase(TunnelTestCase):

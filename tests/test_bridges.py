@@ -211,7 +211,9 @@ class RsyncBridgeTests(SynchronousTestCase):
                 raise OSError(2, "No such file or directory")
 
         wire = Wire()
-        wire.client._accept_channel = RsyncLauncher(Reactor(), "/nope/rsync", "/etc/r.conf")
+        conf = temp_dir(self) / "rsyncd.conf"
+        conf.write_text("[documents]\npath = /tmp\n")
+        wire.client._accept_channel = RsyncLauncher(Reactor(), "/nope/rsync", conf)
         channel = wire.server.open_channel()
         from tests.test_mux import FakeLocalEnd
 

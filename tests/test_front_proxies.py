@@ -15,6 +15,7 @@ from bpctunnel import pki
 from bpctunnel.testing.sandbox import free_port, make_sample_tree
 from tests.helpers import PROJECT_ROOT, TIMEOUT, spawn, temp_dir
 from tests.test_end_to_end import TunnelTestCase
+from tests.test_listen_endpoints import assert_bulk_socket
 
 
 def binary(name: str, package: str) -> str:
@@ -92,6 +93,8 @@ class HAProxyTests(FrontProxyTestCase):
         client, port, _ = yield self.client_through_front("laptop1", {"m": source}, front)
         yield self.pull_and_compare(port, "m", source)
         yield self.assert_reported_address(client, "laptop1")
+        # Under the PROXY protocol's wrapper, the server's socket is the one tuned.
+        assert_bulk_socket(self, self.server.factory.registry.get("laptop1").transport)
         yield self.assert_foreign_certificate_refused(front)
 
 
@@ -127,6 +130,8 @@ class NginxTests(FrontProxyTestCase):
         client, port, _ = yield self.client_through_front("laptop1", {"m": source}, front)
         yield self.pull_and_compare(port, "m", source)
         yield self.assert_reported_address(client, "laptop1")
+        # Under the PROXY protocol's wrapper, the server's socket is the one tuned.
+        assert_bulk_socket(self, self.server.factory.registry.get("laptop1").transport)
         yield self.assert_foreign_certificate_refused(front)
 
 

@@ -116,6 +116,20 @@ class StartupErrorTests(TestCase):
         return self.assertStartupError("'1.2.3' is not an IP address",
                                        *self.server("--listen", "1.2.3:8443"))
 
+    def test_listen_with_twisted_tls(self):
+        """The wss listener's TLS is the server's mutual TLS: ssl: is refused, saying so."""
+        return self.assertStartupError("the server's TLS is its own mutual TLS",
+                                       *self.server("--listen", "ssl:8443"))
+
+    def test_listen_on_systemd_socket_without_one(self):
+        return self.assertStartupError(
+            "systemd passed no such socket (LISTEN_FDS)",
+            *self.server("--listen", "systemd:domain=INET:index=0"))
+
+    def test_bad_listen_endpoint(self):
+        return self.assertStartupError("bad listen endpoint 'tcp:https'",
+                                       *self.server("--listen", "tcp:https"))
+
     def test_missing_backuppc_conf(self):
         return self.assertStartupError(
             "BackupPC config folder /nonexistent does not exist",

@@ -8,11 +8,19 @@ way it uses now, tested in memory (issue 15):
    C{StreamServerEndpointService._waitingForPort});
  - L{forget_handshake} names the Autobahn fields it clears in one tuple, and
    a real opening handshake of the pinned Autobahn must fill each of them.
+
+And where it still relies on Autobahn's internals (the websocket fast path
+of L{bpctunnel.transport.fast_paths}, the private C{factory._batched_timer}
+that the tunnel's protocols replace), each name, checked against the
+installed Autobahn, so that an upgrade that drops one fails here rather
+than in production.
 """
 
 from __future__ import annotations
 
+import ast
 import gc
+import inspect
 import json
 
 from autobahn.twisted.websocket import (
@@ -34,6 +42,7 @@ from twisted.trial import unittest
 from bpctunnel import pki
 from bpctunnel.server.api import make_api_site
 from bpctunnel.server.service import LoggingEndpoint
+from bpctunnel.transport import tls_bulk, websocket_fast
 from bpctunnel.transport.autobahn_timers import ReactorTimer
 from bpctunnel.transport.tls import client_tls_options_from, server_tls_options_from
 from bpctunnel.transport.websocket_fast import (
@@ -314,3 +323,77 @@ class ForgetHandshakeTests(unittest.TestCase):
             http_headers = {"a": "b"}
 
         self.assertRaises(AttributeError, forget_handshake, NoDetails())
+
+
+# -- the fast paths: every library name they use, checked against the installed versions ----
+
+
+def attributes_used(module, class_name: str) -> set[str]:
+    """
+    The attribute names C{class_name} in C{module} reads, calls or sets on
+    C{self}, and the methods it defines.
+    """
+    tree = ast.parse(inspect.getsource(module))
+    [node] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    used = {sub.attr for sub in ast.walk(node)
+            if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
+            and sub.value.id == "self"}
+    return used | {sub.name for sub in node.body if isinstance(sub, ast.FunctionDef)}
+
+
+class TwistedTLSTests(unittest.TestCase):
+    """The tunnel's TLS uses no private name of Twisted's (its fast path was dropped)."""
+
+    def test_stock_protocol_overrides_a_public_method_only(self):
+        """TunedTLSProtocol overrides makeConnection only; the factory sets its protocol only."""
+        self.assertEqual([n for n in vars(tls_bulk.TunedTLSProtocol) if not n.startswith("__")],
+                         ["makeConnection"])
+        self.assertEqual([n for n in vars(tls_bulk.TunedTLSFactory) if not n.startswith("__")],
+                         ["protocol"])
+        self.assertFalse(hasattr(tls_bulk, "BulkTLSProtocol"))
+
+
+class AutobahnNamesTests(unittest.TestCase):
+    """The websocket fast path (websocket_fast.FastBinaryMixin) against Autobahn."""
+
+    def test_no_private_names(self):
+        """
+        The mixin uses no private name of Autobahn's, and every name of
+        Autobahn's it uses is listed in AUTOBAHN_NAMES (and so checked below).
+        """
+        used = attributes_used(websocket_fast, "FastBinaryMixin")
+        own = set(vars(FastBinaryMixin))
+        autobahns = used - own - {"factory", "transport"}
+        self.assertFalse({n for n in autobahns if n.startswith("_")}, autobahns)
+        self.assertEqual(autobahns, set(websocket_fast.AUTOBAHN_NAMES))
+
+    def test_each_name_on_an_open_protocol(self):
+        """After a real opening handshake both sides have every name the mixin uses."""
+        server, client, _ = open_over_tls(self)
+        # Read on the side that has them only.
+        server_only = {"maskServerFrames", "requireMaskedClientFrames"}
+        client_only = {"maskClientFrames"}
+        for protocol, others in ((server, client_only), (client, server_only)):
+            for name in set(websocket_fast.AUTOBAHN_NAMES) - others:
+                self.assertTrue(hasattr(protocol, name), f"{type(protocol).__name__}.{name}")
+            self.assertEqual(protocol.websocket_extensions_in_use, [])
+            self.assertIsNone(protocol.current_frame)
+            self.assertEqual(protocol.data, b"")
+
+    def test_batched_timer_is_where_autobahn_schedules(self):
+        """
+        server/protocol.py and client/protocol.py replace Autobahn's private
+        C{factory._batched_timer} with a L{ReactorTimer}: Autobahn must still
+        schedule its protocol timers (here, the opening handshake's) through it.
+        """
+        clock = MemoryReactorClock()
+        factory = WebSocketServerFactory("ws://localhost/", reactor=clock)
+        self.assertTrue(hasattr(factory, "_batched_timer"))
+        factory._batched_timer = ReactorTimer(clock)
+        factory.protocol = WebSocketServerProtocol
+        factory.setProtocolOptions(openHandshakeTimeout=7)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        [call] = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 7)
+        protocol.connectionLost(Failure(ConnectionLost("done")))

@@ -6,11 +6,14 @@ checked against what real rsync daemons (the host's and 3.2.7) let a client writ
 
 import subprocess
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from bpctunnel.client.rsync_daemon import RsyncLauncher
 from bpctunnel.client.rsyncd_conf import parse_rsyncd_conf, writable_modules
 from bpctunnel.errors import ConfigError
 from tests.helpers import temp_dir
+from tests.test_mux import FakeLocalEnd, Wire
 from tests.old_rsync import rsync_3_2_7
 from tests.test_rsync_auth import serve_once
 
@@ -81,3 +84,35 @@ class RealRsyncTests(SynchronousTestCase):
 
     def test_rsync_3_2_7(self):
         self.check(str(rsync_3_2_7()))
+
+
+class EditWhileRunningTests(SynchronousTestCase):
+    """The writable-module guard reads rsyncd.conf again for every channel."""
+
+    def launch(self, conf, allow_restore):
+        spawned = []
+
+        class Reactor(MemoryReactorClock):
+            def spawnProcess(self, *args, **kwargs):
+                spawned.append(args)
+                raise OSError(2, "No such file or directory")   # enough: it was started
+
+        wire = Wire()
+        wire.client._accept_channel = RsyncLauncher(Reactor(), "/usr/bin/rsync", conf, euid=1000,
+                                                    allow_restore=allow_restore)
+        local = FakeLocalEnd()
+        wire.server.open_channel().attach(local)
+        wire.pump()
+        return spawned, local.aborted
+
+    def test_edit_noticed(self):
+        conf = temp_dir(self) / "rsyncd.conf"
+        conf.write_text("[docs]\npath = /tmp\nread only = yes\n")
+        spawned, aborted = self.launch(conf, False)
+        self.assertEqual(len(spawned), 1)
+        conf.write_text("[docs]\npath = /tmp\nread only = n o\n")
+        spawned, aborted = self.launch(conf, False)
+        self.assertEqual(spawned, [])
+        self.assertIn("now has writable module(s) docs", aborted)
+        spawned, aborted = self.launch(conf, True)
+        self.assertEqual(len(spawned), 1)

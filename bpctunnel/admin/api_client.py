@@ -10,7 +10,7 @@ import os
 import urllib.error
 import urllib.request
 
-from bpctunnel.errors import BpcTunnelError
+from bpctunnel.errors import BpcTunnelError, ConfigError
 
 DEFAULT_API = "http://127.0.0.1:8444"
 
@@ -24,13 +24,18 @@ class NotFound(ApiError):
 
 
 def api_token(token_file: str | None) -> str | None:
-    """The bearer token: from a file, or C{BPCTUNNEL_API_TOKEN}."""
+    """
+    The bearer token: from C{--api-token-file}, read as the server reads
+    it, or from C{BPCTUNNEL_API_TOKEN}.
+    """
     if token_file:
+        # Imported here: the server's modules are not needed for calls without a token file.
+        from bpctunnel.server.service import read_api_token
+
         try:
-            with open(token_file) as f:
-                return f.read().strip()
-        except OSError as e:
-            raise ApiError(f"cannot read the API token file {token_file}: {e.strerror}") from None
+            return read_api_token(token_file)
+        except ConfigError as e:
+            raise ApiError(str(e)) from None
     return os.environ.get("BPCTUNNEL_API_TOKEN") or None
 
 

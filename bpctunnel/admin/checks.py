@@ -8,6 +8,8 @@ C{ClientNameAlias} to 127.0.0.1, or bpctunnel issued it a certificate.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
 from bpctunnel import pki

@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 
 from bpctunnel.client.config import find_rsync
+from bpctunnel.client.rsync_auth import RsyncAuth
 from bpctunnel.errors import BpcTunnelError
 from bpctunnel.testing.sandbox import (
     Sandbox,
@@ -40,10 +41,19 @@ class DemoFailed(BpcTunnelError):
     """A step of the demo did not do what it should."""
 
 
-def rsync_pull(reactor, rsync: str, port: int, module: str, dest: Path):
-    """Pull C{module} from the rsync daemon behind 127.0.0.1:C{port} into C{dest}."""
-    args = ["-a", f"rsync://127.0.0.1:{port}/{module}/", str(dest) + "/"]
-    return getProcessOutputAndValue(rsync, args, env={"PATH": "/usr/bin:/bin"}, reactor=reactor)
+def rsync_pull(reactor, rsync: str, port: int, module: str, dest: Path,
+               auth: RsyncAuth | None = None):
+    """
+    Pull C{module} from the rsync daemon behind 127.0.0.1:C{port} into
+    C{dest}, as BackupPC does: with the host's secret, if it has one.
+    """
+    env = {"PATH": "/usr/bin:/bin"}
+    user = ""
+    if auth is not None:
+        env["RSYNC_PASSWORD"] = auth.secret
+        user = f"{auth.user}@"
+    args = ["-a", f"rsync://{user}127.0.0.1:{port}/{module}/", str(dest) + "/"]
+    return getProcessOutputAndValue(rsync, args, env=env, reactor=reactor)
 
 
 async def run_demo(reactor, out=sys.stdout, keep: bool = False) -> int:

@@ -24,11 +24,14 @@ from __future__ import annotations
 from typing import TextIO
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from bpctunnel.wire import framing
-from bpctunnel.client.protocol import TunnelClientFactory, advice_for, duration, tls_advice
+from bpctunnel.client.protocol import (
+    TunnelClientFactory, TunnelClientProtocol, advice_for, client_endpoint, duration, tls_advice,
+)
+from bpctunnel.client.retry import TunnelNotOpened, TunnelService
 
 #: Exit statuses.
 OK, FAILED, NOT_STARTED, TIMED_OUT = 0, 1, 2, 3
@@ -128,7 +131,8 @@ class BackupNow:
     One run: connect, ask for the backup, follow it, and end with an
     L{Outcome} (C{result} fires with it once the connection has closed).
 
-    @param connect: C{factory -> Deferred}, e.g. an endpoint's C{connect}.
+    @param service: a L{TunnelService} of C{role="backup-now"} tunnels, not yet
+        started; one attempt is made (C{whenConnected(failAfterFailures=1)}).
     @param timeout: seconds from the request to BackupPC's result.
     @param start_timeout: seconds BackupPC may take to start carrying the
         backup after it took the request.
@@ -136,19 +140,17 @@ class BackupNow:
 
     log = Logger()
 
-    def __init__(self, reactor, config, connect, display: ProgressDisplay, *, full: bool = False,
-                 timeout: float = 6 * 3600.0, start_timeout: float = 600.0,
-                 factory: TunnelClientFactory | None = None):
+    def __init__(self, reactor, config, service, display: ProgressDisplay, *, full: bool = False,
+                 timeout: float = 6 * 3600.0, start_timeout: float = 600.0):
         self.reactor = reactor
         self.config = config
+        self.service = service
         self.display = display
         self.full = full
         self.timeout = timeout
         self.start_timeout = start_timeout
-        self.factory = factory or TunnelClientFactory(reactor, config, role="backup-now")
-        self.factory.observers.append(self._event)
         self.result = Deferred()
-        self._connect = connect
+        self._tunnel: TunnelClientProtocol | None = None
         self._outcome: Outcome | None = None
         self._timers = []
         self._started = False
@@ -161,9 +163,9 @@ class BackupNow:
         self._after(self.timeout, TIMED_OUT,
                     f"BackupPC reported no result within {duration(self.timeout)}; the backup "
                     f"may still be running: see BackupPC's log for {self.config.host}")
-        d = self._connect(self.factory)
-        d.addErrback(lambda f: self._finish(NOT_STARTED, f"cannot reach {self.config.server}: "
-                                                         f"{f.getErrorMessage()}", closed=True))
+        connected = self.service.whenConnected(failAfterFailures=1)
+        self.service.startService()
+        connected.addCallbacks(self._opened, self._not_opened).addErrback(self._broken)
         return self.result
 
     def _after(self, seconds: float, status: int, message: str):
@@ -171,19 +173,31 @@ class BackupNow:
         self._timers.append(call)
         return call
 
-    def _event(self, event: str, protocol, detail) -> None:
-        if event == "open":
-            kind = "a full" if self.full else "an incremental"
-            self.display.say(f"tunnel up; asking BackupPC for {kind} backup of {self.config.host}")
-            protocol.mux.send(framing.Control({"type": "backup-request", "full": self.full}))
-        elif event == "control":
-            self._control(detail)
-        elif event == "closed":
-            self._closed = True
-            if self._outcome is None:
-                self._tunnel_closed(protocol, detail)
-            else:
-                self._done()
+    def _opened(self, protocol: TunnelClientProtocol) -> None:
+        if self._outcome is not None:
+            return  # too late (timed out): stopping the service closes it
+        self._tunnel = protocol
+        protocol.control_listener = self._control
+        protocol.when_closed().addCallback(self._tunnel_closed)
+        kind = "a full" if self.full else "an incremental"
+        self.display.say(f"tunnel up; asking BackupPC for {kind} backup of {self.config.host}")
+        protocol.mux.send(framing.Control({"type": "backup-request", "full": self.full}))
+
+    def _not_opened(self, failure) -> None:
+        if failure.check(CancelledError):
+            return  # we stopped the service: the outcome is known
+        if failure.check(TunnelNotOpened):
+            # Refused, or TLS failed.
+            reason = failure.value.reason
+            advice = tls_advice(reason) or advice_for(reason)
+            message = f"could not open the tunnel: {reason}; {advice}"
+        else:
+            message = f"cannot reach {self.config.server}: {failure.getErrorMessage()}"
+        self._finish(NOT_STARTED, message, closed=True)
+
+    def _broken(self, failure) -> None:
+        self.log.failure("backup-now failed", failure)
+        self._finish(FAILED, f"backup-now failed: {failure.getErrorMessage()}")
 
     def _control(self, body: dict) -> None:
         kind = body.get("type")
@@ -236,14 +250,13 @@ class BackupNow:
                                  + (f", with {unreadable}" if unreadable else "")
                                  + f"; see BackupPC's log for {self.config.host}")
 
-    def _tunnel_closed(self, protocol, reason) -> None:
-        reason = str(reason or "the connection closed")
-        if protocol is None or protocol.mux is None:
-            # It never opened: refused, or TLS failed.
-            advice = tls_advice(reason) or advice_for(reason)
-            self._finish(NOT_STARTED, f"could not open the tunnel: {reason}; {advice}")
+    def _tunnel_closed(self, reason: str) -> None:
+        self._closed = True
+        if self._outcome is None:
+            self._finish(FAILED, f"the tunnel closed before BackupPC reported the result: "
+                                 f"{reason}")
         else:
-            self._finish(FAILED, f"the tunnel closed before BackupPC reported the result: {reason}")
+            self._done()
 
     def _finish(self, status: int, message: str, closed: bool = False) -> None:
         if self._outcome is not None:
@@ -252,10 +265,9 @@ class BackupNow:
         self._cancel_timers()
         self.display.finish()
         self._closed = self._closed or closed
-        current = self.factory.current
-        if not self._closed and current is not None:
-            current.close_tunnel("backup-now is done")
-            # The closing handshake ends in "closed"; do not wait forever.
+        if not self._closed and self._tunnel is not None:
+            self._tunnel.close_tunnel("backup-now is done")
+            # The closing handshake ends in when_closed; do not wait forever.
             self._timers.append(self.reactor.callLater(CLOSE_WAIT, self._done))
         else:
             self._done()
@@ -268,8 +280,16 @@ class BackupNow:
 
     def _done(self) -> None:
         self._cancel_timers()
-        if not self.result.called:
-            self.result.callback(self._outcome)
+        if self.result.called:
+            return
+        # On the next turn: this may run inside ClientService's own callbacks.
+        self.reactor.callLater(0, self._stop_service)
+        self.result.callback(self._outcome)
+
+    def _stop_service(self) -> None:
+        # No retry, no wait for another connection.
+        self.service.stopService().addErrback(
+            lambda failure: self.log.failure("stopping backup-now's connection", failure))
 
 
 #: C{backup-done} reasons of a backup BackupPC decided not to run.
@@ -302,11 +322,10 @@ def stream_is_terminal(stream: TextIO) -> bool:
 
 def main(reactor, config, full: bool, timeout: float, start_timeout: float, stream) -> Deferred:
     """For C{task.react}: fires with the exit status."""
-    from bpctunnel.client.protocol import client_endpoint
-
     display = ProgressDisplay(stream, reactor, live=stream_is_terminal(stream))
-    endpoint = client_endpoint(reactor, config)
-    run = BackupNow(reactor, config, endpoint.connect, display, full=full, timeout=timeout,
+    factory = TunnelClientFactory(reactor, config, role="backup-now")
+    service = TunnelService(client_endpoint(reactor, config), factory, reactor)
+    run = BackupNow(reactor, config, service, display, full=full, timeout=timeout,
                     start_timeout=start_timeout)
     started = reactor.seconds()
 

@@ -9,8 +9,7 @@ import re
 from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.application.internet import ClientService
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
@@ -20,7 +19,7 @@ from bpctunnel.errors import ConfigError, ProtocolError
 from bpctunnel.transport.http_connect import HTTPConnectEndpoint
 from bpctunnel.wire.mux import Channel, Multiplexer
 from bpctunnel.refusals import Refusal, advice_for
-from bpctunnel.client.retry import RetryPolicy
+from bpctunnel.client.retry import RetryPolicy, TunnelNotOpened, TunnelService
 from bpctunnel.client.rsync_daemon import RsyncLauncher, log_daemon_identity
 from bpctunnel.client.rsyncd_conf import read_rsyncd_conf
 from bpctunnel.transport.autobahn_timers import ReactorTimer, cancel_close_timeout
@@ -70,11 +69,69 @@ def refusal_from_close_reason(reason: str | None) -> tuple[int, str] | None:
 
 
 class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
-    """The client's side of one tunnel."""
+    """
+    The client's side of one tunnel.
+
+    @ivar control_listener: called with each control message from the
+        server, after the factory's observers (backup-now's).
+    """
 
     # Autobahn keeps its own (txaio) logger in self._log.
     _log = Logger()
     mux: Multiplexer | None = None
+    control_listener: Callable[[dict], None] | None = None
+
+    def __init__(self):
+        super().__init__()
+        #: None while the opening handshake runs, then True, or the TunnelNotOpened.
+        self._opening: bool | TunnelNotOpened | None = None
+        self._open_waiters: list[Deferred] = []
+        #: Why the tunnel closed, once it has.
+        self._closed_reason: str | None = None
+        self._close_waiters: list[Deferred] = []
+
+    @property
+    def tunnel_protocol(self) -> TunnelClientProtocol:
+        """This protocol, also when read through C{ClientService}'s proxy of it."""
+        return self
+
+    def when_open(self) -> Deferred:
+        """
+        Fires with this protocol once the WebSocket is open, or fails with
+        L{TunnelNotOpened} if the connection closes first; cancelling it
+        aborts the connection.
+        """
+        if self._opening is True:
+            return succeed(self)
+        if self._opening is not None:
+            return fail(self._opening)
+        d = Deferred(self._abort_opening)
+        self._open_waiters.append(d)
+        return d
+
+    def _abort_opening(self, _waiter: Deferred) -> None:
+        # ClientService cancels its wait when it is stopped mid-handshake.
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def when_closed(self) -> Deferred:
+        """Fires with why the tunnel closed (the refusal, if refused), once it has."""
+        if self._closed_reason is not None:
+            return succeed(self._closed_reason)
+        d = Deferred()
+        self._close_waiters.append(d)
+        return d
+
+    def _opened(self, outcome: bool | TunnelNotOpened) -> None:
+        self._opening = outcome
+        waiters, self._open_waiters = self._open_waiters, []
+        for d in waiters:
+            if d.called:
+                continue  # cancelled
+            if outcome is True:
+                d.callback(self)
+            else:
+                d.errback(outcome)
 
     def onConnect(self, response) -> None:
         if response.protocol != framing.SUBPROTOCOL:
@@ -102,6 +159,8 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
             # BackupPC expects; servers before this message ignore it.
             self.mux.send(framing.Control({"type": "modules", "modules": modules}))
         self.factory.tunnel_opened(self)
+        # Now ClientService takes the connection (prepareConnection).
+        self._opened(True)
 
     def _control(self, body: dict) -> None:
         if body.get("type") == "backup-done":
@@ -113,6 +172,8 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
                  detail=f": {detail}" if detail else "")
             self.factory.backup_reported(ok, detail)
         self.factory.control_received(self, body)
+        if self.control_listener is not None:
+            self.control_listener(body)
 
     def close_tunnel(self, reason: str) -> None:
         """Close the tunnel cleanly from this side."""
@@ -167,9 +228,18 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
             self.mux.tunnel_lost(f"the tunnel closed: {reason}")
         if self.factory.current is self:
             self.factory.current = None
-        if self.mux is None or refusal is not None:
-            self.factory.retry_policy.tunnel_failed(refusal[1] if refusal else None)
-        self.factory.tunnel_closed(self, refusal[1] if refusal else None, reason)
+        refusal_text = refusal[1] if refusal else None
+        said = refusal_text or reason or "the connection closed"
+        # Before ClientService asks the policy how long to wait.
+        self.factory.retry_policy.tunnel_closed(refusal_text)
+        if self._opening is None:
+            # ClientService counts one more failed attempt.
+            self._opened(TunnelNotOpened(refusal_text, said))
+        self.factory.tunnel_closed(self, refusal_text, reason)
+        self._closed_reason = said
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            d.callback(self._closed_reason)
 
 
 class TunnelClientFactory(WebSocketClientFactory):
@@ -193,7 +263,8 @@ class TunnelClientFactory(WebSocketClientFactory):
                          headers=headers)
         self.config = config
         self.accept_channel = accept_channel or RsyncLauncher(
-            reactor, config.rsync, config.rsyncd_conf, config.host
+            reactor, config.rsync, config.rsyncd_conf, config.host, auth=config.rsync_auth,
+            allow_restore=config.allow_restore,
         )
         self.setProtocolOptions(
             maxFramePayloadSize=1024 * 1024,
@@ -269,13 +340,13 @@ def client_endpoint(reactor, config: ClientConfig, tls=None):
     return wrap_client_tls(tls, tcp, reactor)
 
 
-class TunnelClientService(ClientService):
+class TunnelClientService(TunnelService):
     """Keeps the tunnel up, reconnecting with backoff; closes it cleanly on stop."""
 
     _described = None
 
     def __init__(self, endpoint, factory: TunnelClientFactory, clock):
-        super().__init__(endpoint, factory, retryPolicy=factory.retry_policy, clock=clock)
+        super().__init__(endpoint, factory, clock)
         self.factory = factory
         self.reactor = clock
 

@@ -59,6 +59,7 @@ from bpctunnel.client.rsyncd_conf import (
     identity_overrides,
     module_identities,
     read_rsyncd_conf,
+    writable_modules,
 )
 
 #: Seconds rsync may keep running after BackupPC has gone away.
@@ -344,6 +345,9 @@ class RsyncLauncher:
     euid: int = attrs.field(factory=os.geteuid)
     #: The secret each daemon asks BackupPC for, if any.
     auth: RsyncAuth | None = None
+    #: Whether rsyncd.conf may have writable modules (checked again for
+    #: every channel: an edit made while the client runs counts).
+    allow_restore: bool = False
     #: The rsync daemons running now.
     running: set = attrs.field(factory=set, eq=False)
 
@@ -355,9 +359,27 @@ class RsyncLauncher:
             waiting.append(protocol.done)
         return gatherResults(waiting, consumeErrors=True)
 
+    def _writable_now(self) -> str | None:
+        """Why rsyncd.conf as it is now must not be served, if it must not."""
+        try:
+            writable = writable_modules(self.rsyncd_conf)
+        except ConfigError as e:
+            return f"the client serves nothing: {e}"
+        if not writable:
+            return None
+        return (f"the client serves nothing: {self.rsyncd_conf} now has writable module(s) "
+                f"{', '.join(writable)} (read only = no), and a backup server that was broken "
+                f"into could overwrite this machine's files; make them read only = yes, or set "
+                f"allow_restore = yes in the client's config to allow restores")
+
     def __call__(self, channel: Channel) -> RsyncProcessProtocol:
         protocol = RsyncProcessProtocol(channel, self.reactor, self.client_name,
                                         user_log_file(self.rsyncd_conf))
+        refusal = None if self.allow_restore else self._writable_now()
+        if refusal:
+            Logger().warn("{refusal}", refusal=refusal)
+            channel.reset(refusal)
+            return protocol
         argv = rsync_argv(self.rsync, self.rsyncd_conf,
                           daemon_overrides(self.rsyncd_conf, self.euid, self.auth))
         child_fds = {0: None, 1: "r", 2: "r", LOG_FD: "r"}

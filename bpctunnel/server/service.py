@@ -17,9 +17,10 @@ from zope.interface import implementer
 from bpctunnel.transport.allocator import keep_bulk_buffers
 from bpctunnel.backuppc.server_mesg import DEFAULT_SERVER_MESG, BackupRequest, BackupTrigger
 from bpctunnel.backuppc.hosts import read_hosts
-from bpctunnel.errors import BpcTunnelError
-from bpctunnel.transport.listen_address import parse_listen
-from bpctunnel.server.protocol import ServerSettings, TunnelEndpoint, TunnelServerFactory
+from bpctunnel.errors import BpcTunnelError, ConfigError
+from bpctunnel.transport.listen_address import listen_description
+from bpctunnel.server.endpoints import plain_endpoint, tunnel_endpoint
+from bpctunnel.server.protocol import ServerSettings, TunnelServerFactory
 from bpctunnel.server.api import make_api_site
 from bpctunnel.transport.tls import server_tls_options
 from bpctunnel.twistd_options import PluginOptions
@@ -39,6 +40,12 @@ Files:
                       TunnelCert:sha256:<fingerprint>, $Conf{RsyncdClientPort}
                       the port to listen on.
 The BackupPC files are read afresh for every new tunnel.
+
+--listen takes [ADDRESS:]PORT or a Twisted endpoint for the TLS to go on:
+  tcp:8443:interface=192.0.2.1   tcp6:8443   as [ADDRESS:]PORT does
+  systemd:domain=INET:index=0    the socket systemd passes (socket activation)
+  haproxy:tcp:8443               a PROXY protocol header first (as --proxy-protocol)
+TLS is always the server's own, with the certificates in CERTS.
 """
 
 
@@ -53,10 +60,12 @@ class Options(PluginOptions):
         ["no-backup-now", None, "Refuse laptops' requests for a backup now "
                                 "(bpctunnel backup-now)."],
         ["proxy-protocol", None, "Expect a PROXY protocol header (v1 or v2) before TLS, from "
-                                 "HAProxy or nginx in front of the server."],
+                                 "HAProxy or nginx in front of the server (as --listen "
+                                 "haproxy:...)."],
     ]
     optParameters = [
-        ["listen", "l", "8443", "[ADDRESS:]PORT for the wss listener (IPv6 in brackets)."],
+        ["listen", "l", "8443", "[ADDRESS:]PORT for the wss listener (IPv6 in brackets), or an "
+                                "endpoint: tcp:, tcp6:, systemd:, haproxy:... (see below)."],
         ["certs", "c", "/etc/bpctunnel", "Folder holding ca.crt, server.crt and server.key."],
         ["backuppc-conf", "b", "/etc/backuppc", "BackupPC's configuration folder."],
         ["keepalive", None, 30.0, "Seconds between pings; a client silent for two is dropped.",
@@ -82,7 +91,9 @@ class Options(PluginOptions):
 
     def postOptions(self) -> None:
         try:
-            self["listen_address"] = parse_listen(self["listen"])
+            self["listen_description"] = listen_description(self["listen"],
+                                                            self["proxy-protocol"])
+            plain_endpoint(None, self["listen_description"])  # a bad one fails here
             self["tls"] = server_tls_options(Path(self["certs"]))
             conf = Path(self["backuppc-conf"])
             if not conf.is_dir():
@@ -94,7 +105,11 @@ class Options(PluginOptions):
                 probe_timeout=self["probe-timeout"], max_channels=self["max-channels"],
                 handshake_timeout=self["handshake-timeout"],
                 max_handshakes=self["max-handshakes"])
-            self["api_token"] = api_token(self["api-listen"], self["api-token-file"])
+            self["api_token"] = None
+            if self["api-listen"] != "none":
+                if self["api-token-file"]:
+                    self["api_token"] = read_api_token(self["api-token-file"])
+                require_api_token(self["api-listen"], self["api_token"])
             self["backup_request"] = BackupRequest.from_command_line(
                 self["backuppc-server-mesg"], self["backup-user"], self["backup-type"])
         except BpcTunnelError as e:
@@ -103,23 +118,32 @@ class Options(PluginOptions):
             raise usage.UsageError(f"bad option value: {e}") from None
 
 
-def api_token(listen: str, token_file: str | None) -> str | None:
-    """The API token, required unless the API listens on loopback only."""
-    if listen == "none":
-        return None
-    token = None
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise BpcTunnelError(f"cannot read --api-token-file {token_file}: {e.strerror}") from None
-        if len(token) < 16:
-            raise BpcTunnelError(f"the token in {token_file} is shorter than 16 characters")
+def read_api_token(token_file: str) -> str:
+    """
+    The status API's bearer token, from C{token_file} (C{--api-token-file}
+    of the server and of the C{bpctunnel} command alike).
+
+    @raise ConfigError: the file cannot be read, or its token is too short.
+    """
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read --api-token-file {token_file}: {e.strerror}") from None
+    if len(token) < 16:
+        raise ConfigError(f"the token in {token_file} is shorter than 16 characters")
+    return token
+
+
+def require_api_token(listen: str, token: str | None) -> None:
+    """
+    The API must have a token unless it listens on loopback only.
+
+    @raise ConfigError: it listens beyond loopback without one.
+    """
     loopback = any(f"interface={a}" in listen for a in ("127.", "localhost", r"\:\:1", "::1"))
     if not loopback and token is None:
-        raise BpcTunnelError(f"--api-listen {listen} is not loopback-only; give --api-token-file "
-                             f"so that only admins can use the API")
-    return token
+        raise ConfigError(f"--api-listen {listen} is not loopback-only; give --api-token-file "
+                          f"so that only admins can use the API")
 
 
 @implementer(IStreamServerEndpoint)
@@ -150,15 +174,13 @@ def makeService(options: Options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     keep_bulk_buffers()
-    address = options["listen_address"]
     conf = Path(options["backuppc-conf"])
     trigger = BackupTrigger(reactor, options["backup_request"])
     factory = TunnelServerFactory(reactor, options["settings"],
                                   backup_trigger=None if options["no-backup-now"] else trigger)
     if options["backup-on-connect"]:
         factory.observers.append(trigger)
-    endpoint = TunnelEndpoint(reactor, address.port, options["tls"], address.interface,
-                              options["proxy-protocol"])
+    endpoint = tunnel_endpoint(reactor, options["listen_description"], options["tls"])
     top = MultiService()
     StreamServerEndpointService(LoggingEndpoint(endpoint, f"BackupPC config in {conf}"),
                                 factory).setServiceParent(top)

@@ -18,8 +18,10 @@ from twisted.internet.defer import Deferred, succeed
 from bpctunnel import pki
 from bpctunnel.client.protocol import TunnelClientFactory, make_client_service
 from bpctunnel.client.config import ClientConfig, load_client_config
-from bpctunnel.server.protocol import ServerSettings, TunnelEndpoint, TunnelServerFactory
+from bpctunnel.server.endpoints import tunnel_endpoint
+from bpctunnel.server.protocol import ServerSettings, TunnelServerFactory
 from bpctunnel.server.api import make_api_site
+from bpctunnel.transport.listen_address import ListenAddress, listen_description
 from bpctunnel.transport.tls import server_tls_options
 
 HOSTS_HEADER = "host        dhcp    user    moreUsers\n"
@@ -198,8 +200,8 @@ def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.
     conf_dir = conf_dir or sandbox.conf_dir
     factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir, **settings),
                                   backup_trigger=backup_trigger)
-    endpoint = TunnelEndpoint(reactor, port, server_tls_options(certs_dir), interface,
-                              proxy_protocol)
+    description = listen_description(ListenAddress(interface, port).description, proxy_protocol)
+    endpoint = tunnel_endpoint(reactor, description, server_tls_options(certs_dir))
 
     def listening(port):
         api = reactor.listenTCP(0, make_api_site(factory, api_token), interface="127.0.0.1")

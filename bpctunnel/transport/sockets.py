@@ -11,6 +11,8 @@ the tunnel's sockets read and send more per call.
 
 from __future__ import annotations
 
+from twisted.protocols.policies import ProtocolWrapper
+
 #: How much one send() may carry (Twisted's default is 128 KiB).
 SEND_SIZE = 1 << 20
 
@@ -21,9 +23,21 @@ def tune_for_bulk(transport, read_size: int) -> None:
     and send up to L{SEND_SIZE}.  C{read_size} is also how much the
     transport buffers before it pauses its producer.  Transports that are
     not sockets (test doubles) take the attributes and ignore them.
+
+    Under protocol wrappers (the PROXY protocol's, before TLS) it is the
+    socket transport beneath them that is tuned: attributes set on a
+    wrapper stay on the wrapper.
     """
+    transport = socket_under(transport)
     transport.bufferSize = read_size
     transport.SEND_LIMIT = SEND_SIZE
+
+
+def socket_under(transport):
+    """C{transport}, or the transport under it if it is a protocol wrapper (in turn)."""
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
 
 
 def release_and_close(transport, half: bool = False) -> None:

@@ -1,5 +1,6 @@
 """
-A faster path through Autobahn for the tunnel's binary messages.
+A faster path through Autobahn for the tunnel's binary messages: the
+C{websocket} fast path of L{bpctunnel.transport.fast_paths}.
 
 Autobahn's Twisted protocol formats a debug log line (with terminal colours)
 for every read and every write even when debug logging is off, and fires a
@@ -7,8 +8,15 @@ Deferred-based "message" event for every message received.  In a bulk
 transfer those cost a third of the server's CPU (issue 8).  L{FastBinaryMixin}
 skips them, sends unmasked binary messages as one frame written straight to
 the transport, and parses such frames itself when they arrive; anything else
-(masked or compressed frames, control frames, the handshakes, closing) still
-goes through Autobahn.  L{forget_handshake} frees what Autobahn keeps of the
+(masked or compressed frames, control frames, the handshakes, closing, a
+frame over a size limit, the frame that answers a keepalive ping) still
+goes through Autobahn.  With the fast path off, every byte does.
+
+It uses only Autobahn's public names: the protocol options, the parser's
+state (C{state}, C{data}, C{current_frame}, C{inside_message},
+C{consumeData}), C{autoPingTimeoutCall}, C{websocket_extensions_in_use} and
+C{sendMessage}; tests/test_private_names.py checks that the pinned Autobahn
+still has each.  L{forget_handshake} frees what Autobahn keeps of the
 opening handshake once the tunnel is open.
 """
 
@@ -17,9 +25,20 @@ from __future__ import annotations
 import copy
 import struct
 
+from bpctunnel.transport.fast_paths import fast_paths_from_environment
+
 _FIN_BINARY = 0x82
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
+
+#: The attributes of an Autobahn C{WebSocketProtocol} that L{FastBinaryMixin}
+#: reads or sets (C{websocket_extensions_in_use} once the handshake is done).
+AUTOBAHN_NAMES: tuple[str, ...] = (
+    "state", "STATE_OPEN", "data", "current_frame", "inside_message", "consumeData",
+    "maxFramePayloadSize", "maxMessagePayloadSize", "requireMaskedClientFrames",
+    "maskServerFrames", "maskClientFrames", "autoFragmentSize", "autoPingTimeoutCall",
+    "autoPingRestartOnAnyTraffic", "logFrames", "logOctets", "trackedTimings",
+    "websocket_extensions_in_use", "sendMessage", "onMessage")
 
 
 def binary_frame_header(length: int) -> bytes:
@@ -31,37 +50,55 @@ def binary_frame_header(length: int) -> bytes:
     return _HEADER_64.pack(_FIN_BINARY, 127, length)
 
 
+def _limit(value: int) -> int:
+    # Autobahn's size options: 0 is no limit.
+    return value if value > 0 else 1 << 63
+
+
 class FastBinaryMixin:
     """
     Mixed into a C{WebSocketServerProtocol} or C{WebSocketClientProtocol}
     subclass (before it): the same behaviour, less work per message.
+
+    Whether the fast path is on is read from the environment (see
+    L{bpctunnel.transport.fast_paths}) when the connection is made.
     """
 
+    #: Whether this connection takes the fast path.
+    fast_binary = False
     #: Received bytes of an incomplete binary frame, and how many the frame needs.
     _rx_chunks: list | None = None
     _rx_length = 0
     _rx_needed = 0
 
-    def dataReceived(self, data: bytes) -> None:
-        # As Autobahn's, without its per-read debug line.
-        self._dataReceived(data)
+    def connectionMade(self) -> None:
+        self.fast_binary = fast_paths_from_environment().websocket
+        super().connectionMade()
 
-    def _dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
         # Final, unmasked binary frames -- all the tunnel sends -- are parsed
-        # here; anything else (control frames, text, fragments, masked or
-        # oversized frames, the handshakes, closing) is Autobahn's to handle,
-        # from the first byte of such a frame on, until it is done with it.
-        if (self.state != self.STATE_OPEN or self.current_frame is not None
-                or self.inside_message or self.data):
-            super()._dataReceived(data)
+        # here, without Autobahn's per-read debug line; anything else is
+        # Autobahn's to handle, from the first byte of such a frame on,
+        # until it is done with it.
+        if not self.fast_binary:
+            super().dataReceived(data)
             return
-        if self._rx_chunks:
+        if self._rx_chunks is not None:
             self._rx_chunks.append(data)
             self._rx_length += len(data)
-            if self._rx_length < self._rx_needed:
+            if self._rx_length < self._rx_needed and self.state == self.STATE_OPEN:
                 return
+            # Complete, or the closing handshake began (we sent a close)
+            # while the frame was half in: either way the frame's first
+            # bytes go first, to whichever parser takes it from here.
             data = b"".join(self._rx_chunks)
             self._rx_chunks, self._rx_length = None, 0
+        if (self.state != self.STATE_OPEN or self.current_frame is not None
+                or self.inside_message or self.data
+                or self.logFrames or self.logOctets or self.trackedTimings
+                or (self.factory.isServer and self.requireMaskedClientFrames)):
+            super().dataReceived(data)
+            return
         rest = self._binary_frames(data)
         if rest is not None:
             self.data = rest
@@ -73,7 +110,7 @@ class FastBinaryMixin:
         incomplete one for later; return what Autobahn must parse, if any.
         """
         view, pos, end = memoryview(data), 0, len(data)
-        limit = self.maxFramePayloadSize
+        limit = min(_limit(self.maxFramePayloadSize), _limit(self.maxMessagePayloadSize))
         while pos < end:
             if end - pos < 2:
                 return self._keep(data, pos, 2)
@@ -93,17 +130,19 @@ class FastBinaryMixin:
                 length, header = _HEADER_64.unpack_from(data, pos)[2], 10
                 if length < 0x10000:
                     return data[pos:]
-            if 0 < limit < length:
+            if length > limit:
+                return data[pos:]  # Autobahn fails the connection (1009)
+            if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
+                # A keepalive ping awaits its pong: Autobahn's parser takes
+                # this frame, so that it counts as the peer's sign of life
+                # (once per keepalive interval).
                 return data[pos:]
             if end - pos < header + length:
                 return self._keep(data, pos, header + length)
             # A view: the multiplexer copies a DATA payload out of it once.
             payload = view[pos + header:pos + header + length]
             pos += header + length
-            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                # Traffic shows the peer is alive, as Autobahn's own parser says.
-                self._cancelAutoPingTimeoutCall()
-            self._onMessage(payload, True)
+            self.onMessage(payload, True)
             if self.state != self.STATE_OPEN:
                 return data[pos:] or None
         return None
@@ -113,13 +152,6 @@ class FastBinaryMixin:
         self._rx_length = len(data) - pos
         self._rx_needed = needed
         return None
-
-    def onMessageEnd(self) -> None:
-        # As Autobahn's, without firing its "message" event (nothing of ours
-        # listens) through a Deferred for every message.
-        if not self.failedByMe:
-            self._onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None
 
     def send_binary(self, payload: bytes) -> None:
         """Send one binary message, as C{sendMessage(payload, isBinary=True)}."""
@@ -131,11 +163,15 @@ class FastBinaryMixin:
         they go to the transport as they are, after the frame header,
         without being joined.
         """
-        masked = self.maskServerFrames if self.factory.isServer else self.maskClientFrames
-        if masked or self._perMessageCompress is not None or self.state != self.STATE_OPEN:
+        length = sum(map(len, pieces))
+        if (not self.fast_binary or self.state != self.STATE_OPEN
+                or (self.maskServerFrames if self.factory.isServer else self.maskClientFrames)
+                or self.websocket_extensions_in_use or self.trackedTimings or self.logFrames
+                or length > _limit(self.maxMessagePayloadSize)
+                or length > _limit(self.autoFragmentSize)):
             self.sendMessage(b"".join(pieces), isBinary=True)
             return
-        self.transport.writeSequence((binary_frame_header(sum(map(len, pieces))), *pieces))
+        self.transport.writeSequence((binary_frame_header(length), *pieces))
 
     def send_while_open(self, payload: bytes) -> None:
         """

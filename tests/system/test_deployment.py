@@ -149,7 +149,9 @@ def test_server_runs_as_shipped(site):
     key = ct.run(["stat", "-c", "%U:%G %a", "/etc/bpctunnel/server.key"]).stdout.strip()
     assert key == "backuppc:backuppc 600"
     conf = ct.run(["stat", "-c", "%U:%G %a", "/etc/backuppc/laptop1.pl"]).stdout.strip()
-    assert conf == ct.run(["stat", "-c", "%U:%G %a", "/etc/backuppc/config.pl"]).stdout.strip()
+    # config.pl's owner and group, without access for others: it holds laptop1's rsync secret.
+    owner, mode = ct.run(["stat", "-c", "%U:%G %a", "/etc/backuppc/config.pl"]).stdout.split()
+    assert conf == f"{owner} {int(mode, 8) & ~0o007:o}"
     # register-client --add-host told BackupPC to read its hosts file again.
     [registered] = [out for step, out in site.said.items() if "register-client" in step]
     assert "BackupPC read the new hosts file (BackupPC_serverMesg server reload)" in registered
@@ -203,7 +205,8 @@ def test_user_unit_backs_up_the_users_files(site):
     ct.run(["systemctl", "disable", "--now", "bpctunnel-client"])
     ct.run(["mkdir", "-p", "-m", "0700", "/home/alice/.config/bpctunnel"], user="alice")
     ct.sh("cp /etc/bpctunnel/client.conf /etc/bpctunnel/laptop1.crt /etc/bpctunnel/laptop1.key "
-          "/etc/bpctunnel/ca.crt /etc/bpctunnel/rsyncd.conf /home/alice/.config/bpctunnel/ && "
+          "/etc/bpctunnel/ca.crt /etc/bpctunnel/rsyncd.conf /etc/bpctunnel/rsyncd.secrets "
+          "/home/alice/.config/bpctunnel/ && "
           "chown -R alice:alice /home/alice/.config/bpctunnel")
     ct.enable_user_manager("alice")
     since = site.now()

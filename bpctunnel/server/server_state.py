@@ -1,0 +1,97 @@
+"""
+What the tunnel server shares across its connections, apart from any
+protocol: the live tunnels, the handshake limit, the host authorization, the
+refusals, the backup desk, the metrics and the observers; and the periodic check of the
+live tunnels.
+
+A connection's L{bpctunnel.server.session.TunnelSession} works on this;
+L{bpctunnel.server.protocol.TunnelServerFactory} makes one and starts and
+stops its checks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from bpctunnel.backuppc.server_mesg import BackupTrigger
+from bpctunnel.server.admission import HandshakeLimit
+from bpctunnel.server.authorization import HostAuthorization
+from bpctunnel.server.backup_requests import BackupDesk
+from bpctunnel.server.handshake_refusals import HandshakeRefusals
+from bpctunnel.server.metrics import ServerMetrics
+from bpctunnel.server.settings import ServerSettings
+from bpctunnel.server.tunnels import TunnelRegistry
+
+
+class ServerState:
+    """
+    The server's shared state.
+
+    @param reactor: an C{IReactorTime} (timers, checks); with no
+        C{listen_local}, also an C{IReactorTCP}.
+    @param listen_local: C{(port, factory) -> Deferred[IListeningPort]}, by
+        default a TCP listener on 127.0.0.1.
+    @param backup_trigger: asks BackupPC for laptops' backups, or C{None}
+        (the server takes no requests).
+
+    A tunnel, as the registry, the watchers, the backup desk and the
+    observers hold it, is the object a session was given as its link (the
+    WebSocket protocol); it answers for its session.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, settings: ServerSettings,
+                 listen_local: Callable[[int, Factory], Deferred] | None = None,
+                 backup_trigger: BackupTrigger | None = None):
+        self.clock = reactor
+        self._reactor = reactor
+        self.settings = settings
+        self.registry = TunnelRegistry(settings.probe_timeout)
+        self.metrics = ServerMetrics(self.registry)
+        self.listen_local = listen_local or self._listen_tcp
+        self.handshakes = HandshakeLimit(reactor, settings.max_unauthenticated,
+                                         settings.max_handshakes, self.metrics.refused)
+        self.authorization = HostAuthorization(settings.backuppc_conf)
+        self.refusals = HandshakeRefusals(self.metrics)
+        #: Callables C{(event, tunnel)} told of each tunnel going "up" and "down".
+        self.observers: list[Callable] = []
+        #: backup-now connections that follow another connection's tunnel.
+        self.watchers: set = set()
+        self.backup_desk = BackupDesk(reactor, self.registry, backup_trigger)
+        self._checker = LoopingCall(self.check_tunnels)
+        self._checker.clock = reactor
+
+    def start_checks(self) -> None:
+        """Check the live tunnels every C{settings.check_interval} seconds from now on."""
+        if not self._checker.running:
+            self._checker.start(self.settings.check_interval, now=False).addErrback(
+                lambda f: self.log.failure("the tunnel checks stopped", f))
+
+    def stop_checks(self) -> None:
+        if self._checker.running:
+            self._checker.stop()
+
+    def check_tunnels(self) -> None:
+        """Check every live tunnel (see L{bpctunnel.server.session.TunnelSession.check})."""
+        now = self.clock.seconds()
+        for tunnel in [*self.registry, *self.watchers]:
+            try:
+                tunnel.check(now)
+            except Exception:
+                self.log.failure("checking the tunnel of {client_name} failed",
+                                 client_name=tunnel.host)
+
+    def notify(self, event: str, tunnel) -> None:
+        """Tell the observers that C{tunnel} went C{"up"} or C{"down"}."""
+        for observer in list(self.observers):
+            observer(event, tunnel)
+
+    def _listen_tcp(self, port: int, factory: Factory) -> Deferred:
+        return TCP4ServerEndpoint(self._reactor, port, interface="127.0.0.1").listen(factory)

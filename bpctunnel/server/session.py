@@ -1,0 +1,425 @@
+"""
+One client's connection to the tunnel server, from accept to close, as a
+plain object: admission, the opening handshake's authorization and
+refusals, the local port for BackupPC, keepalive, the periodic re-check
+(revocation, carried connections' timeouts), being probed and replaced by a
+newer connection, backup-now, and the end.
+
+The session knows no WebSocket library and no reactor beyond the server's
+clock: L{bpctunnel.server.protocol.TunnelServerProtocol} forwards Autobahn's
+events to it and does for it what only the connection can (L{ITunnelLink}),
+so the tests drive a session with a fake link and a
+L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from bpctunnel.backuppc.hosts import TunnelSettings
+from bpctunnel.errors import AlreadyConnected, PortUnavailable, ProtocolError, Refused, UnknownHost
+from bpctunnel.pki import common_name, fingerprint_sha256, not_after
+from bpctunnel.refusals import Refusal
+from bpctunnel.server.admission import HandshakeSlot
+from bpctunnel.server.backuppc_port import LocalListenerFactory
+from bpctunnel.server.keepalive import Keepalive, RoundTrips
+from bpctunnel.server.server_state import ServerState
+from bpctunnel.wire import framing
+from bpctunnel.wire.mux import Multiplexer
+
+TUNNEL_PATH = "/tunnel"
+#: Bounds on a client's announced module list (names as rsyncd.conf allows).
+MAX_MODULES = 256
+MAX_MODULE_NAME = 255
+
+
+class ITunnelLink(Interface):
+    """
+    What a L{TunnelSession} needs of its connection.  The link is also the
+    tunnel as the registry, the watchers, the backup desk and the observers
+    hold it, answering for the session.
+    """
+
+    def send_while_open(payload):
+        """Send one binary message, unless the closing handshake has begun."""
+
+    def send_pieces_while_open(pieces):
+        """The same for a message given in pieces (byte strings)."""
+
+    def send_ping(payload):
+        """Send a WebSocket ping frame carrying C{payload}."""
+
+    def close_connection(code, reason):
+        """Begin the closing handshake with C{code} and C{reason}, if the tunnel is open."""
+
+    def abort_connection():
+        """Drop the connection at once."""
+
+
+class TunnelSession:
+    """
+    One client's connection and, once it is authorized, its tunnel.
+
+    @param server: the server's shared state.
+    @param link: the connection (an L{ITunnelLink}).
+    """
+
+    log = Logger()
+
+    host: str | None = None
+    settings: TunnelSettings | None = None
+    mux: Multiplexer | None = None
+    listening_port: IListeningPort | None = None
+    peer_address: str = ""
+    peer_ip: str = ""
+    common_name: str = ""
+    fingerprint: str = ""
+    connected_at: float | None = None
+    certificate_expires = None
+    last_backup: dict | None = None
+    #: The modules the client's rsyncd.conf serves, as it announced them
+    #: (None: a client from before that message).
+    served_modules: tuple[str, ...] | None = None
+    #: C{"backup-now"} from C{bpctunnel backup-now}: if a tunnel for the
+    #: host is already up, this connection only watches (see L{watching}).
+    role: str = "tunnel"
+    #: A connection that holds no port and carries nothing: it asked for a
+    #: backup that the host's live tunnel carries, and follows its progress.
+    watching = False
+    _cleaned_up = False
+    _slot: HandshakeSlot | None = None
+    _deadline: IDelayedCall | None = None
+
+    def __init__(self, server: ServerState, link):
+        self.server = server
+        self.link = link
+        self.clock = server.clock
+        self._down = Deferred()
+        self._pings = RoundTrips(self.clock, self._send_ping_message)
+        interval = server.settings.keepalive
+        self.keepalive = Keepalive(self.clock, interval, interval, link.send_ping,
+                                   self._keepalive_failed)
+
+    # -- from accept to open -----------------------------------------------
+
+    def connection_made(self, peer_ip: str, peer_address: str) -> bool:
+        """
+        A connection was accepted: whether it may go on to its handshakes
+        (see L{bpctunnel.server.admission}).  If so, it has
+        C{handshake_timeout} seconds to open its tunnel.
+        """
+        self.peer_ip, self.peer_address = peer_ip, peer_address
+        self._slot = self.server.handshakes.admit(peer_ip, peer_address)
+        if self._slot is None:
+            return False
+        self._deadline = self.clock.callLater(self.server.settings.handshake_timeout,
+                                              self._handshake_timed_out)
+        return True
+
+    def _handshake_timed_out(self) -> None:
+        self._deadline = None
+        self.log.debug("{peer} did not finish its handshakes within {timeout:g} seconds",
+                       peer=self.peer_address, timeout=self.server.settings.handshake_timeout)
+        self.link.abort_connection()
+
+    def _handshake_over(self) -> None:
+        # The connection authenticated, or went away: its place is free.
+        if self._slot is not None:
+            self._slot.release()
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def handshake(self, path: str, protocols, role: str | None, certificate_der: bytes | None,
+                  peer_address: str) -> Deferred:
+        """
+        The client's opening handshake asks for C{path} with C{protocols}
+        (and C{role}, its C{X-Bpctunnel-Role} header): fires with the
+        subprotocol once the client is authorized and its port is open (or
+        it follows the host's live tunnel), or fails with
+        L{bpctunnel.server.handshake_refusals.HandshakeDenied}.
+
+        @param peer_address: the client's address, now that a PROXY header
+            (if any) has been read.
+        """
+        self.peer_address = peer_address
+        refusals = self.server.refusals
+        if path != TUNNEL_PATH:
+            wrong = Refusal.WRONG_PATH
+            return fail(refusals.deny(peer_address, wrong,
+                                      f"{wrong.words} {path[:100]}; the path is {TUNNEL_PATH}"))
+        if role == "backup-now":
+            self.role = "backup-now"
+        if framing.SUBPROTOCOL not in protocols:
+            offered = ", ".join(protocols)[:100] or "none"
+            return fail(refusals.deny(
+                peer_address, Refusal.UNSUPPORTED_PROTOCOL,
+                f"{Refusal.UNSUPPORTED_PROTOCOL.words}: the client offers {offered}, this server "
+                f"speaks {framing.SUBPROTOCOL}; install the same bpctunnel version on both",
+            ))
+        return maybeDeferred(self._authorize, certificate_der).addCallbacks(
+            lambda _: framing.SUBPROTOCOL, self._refuse
+        )
+
+    def _authorize(self, der: bytes | None) -> Deferred:
+        if der is None:
+            raise UnknownHost("(no certificate)", "no client certificate was presented")
+        self.common_name, self.fingerprint = common_name(der), fingerprint_sha256(der)
+        self.certificate_expires = not_after(der)
+        settings = self.server.authorization.authorize(self.common_name, self.fingerprint)
+        self.host, self.settings = settings.host, settings
+        d = self.server.registry.claim(settings.host, self.link)
+        d.addCallback(lambda _: self.server.listen_local(settings.port,
+                                                         LocalListenerFactory(self)))
+        d.addCallbacks(self._listening, self._listen_failed)
+        if self.role == "backup-now":
+            d.addErrback(self._watch)
+        return d
+
+    def _listening(self, port: IListeningPort) -> None:
+        if self._cleaned_up:
+            # The connection went away while it waited for its claim.
+            port.stopListening()
+            self.server.registry.release(self.host, self.link)
+            return
+        self.listening_port = port
+        self._make_mux()
+
+    def _watch(self, failure) -> None:
+        # backup-now while the host's own client has the tunnel: follow it.
+        failure.trap(AlreadyConnected)
+        if self._cleaned_up:
+            return
+        self.watching = True
+        self.server.watchers.add(self.link)
+        self._make_mux()
+
+    def _make_mux(self) -> None:
+        self.mux = Multiplexer(self.link.send_while_open,
+                               send_pieces=self.link.send_pieces_while_open,
+                               is_server=True, name=self.host,
+                               on_pong=self._pings.answered, on_control=self._control,
+                               clock=self.clock)
+
+    def _listen_failed(self, failure):
+        if failure.check(Refused):
+            return failure
+        self.server.registry.release(self.host, self.link)
+        raise PortUnavailable(
+            self.host,
+            f"the server cannot listen on 127.0.0.1:{self.settings.port} "
+            f"({failure.getErrorMessage()}); another program may hold it — change "
+            f"$Conf{{RsyncdClientPort}} in {self.settings.config_path.name} or free the port",
+        )
+
+    def _refuse(self, failure):
+        raise self.server.refusals.refuse(self.peer_address, failure)
+
+    def opened(self) -> None:
+        """The opening handshake is done: the tunnel is up (or follows the host's)."""
+        self._handshake_over()
+        self.connected_at = self.clock.seconds()
+        self.server.metrics.handshakes.inc()
+        self.keepalive.start()
+        if self.watching:
+            self.log.info("backup-now of {client_name} from {peer} follows the tunnel already up",
+                          client_name=self.host, peer=self.peer_address)
+            return
+        self.server.notify("up", self.link)
+        self.log.info(
+            "tunnel up for {client_name} from {peer}, listening on 127.0.0.1:{port}",
+            client_name=self.host,
+            peer=self.peer_address,
+            port=self.settings.port,
+        )
+
+    # -- while open ----------------------------------------------------------
+
+    def message_received(self, payload: bytes, is_binary: bool) -> None:
+        """A WebSocket message came from the client."""
+        self.keepalive.heard_from_peer()
+        # Once the tunnel is closed (say, after a protocol error) messages
+        # still in flight are dropped, not logged one by one.
+        if self.mux is None or self._cleaned_up:
+            return
+        if not is_binary:
+            self._protocol_error("a text message (the protocol is binary only)")
+            return
+        try:
+            self.mux.message_received(payload)
+        except ProtocolError as e:
+            self._protocol_error(str(e))
+
+    def pong_received(self, payload: bytes) -> None:
+        """A WebSocket pong frame came from the client."""
+        self.keepalive.pong(payload)
+
+    def _keepalive_failed(self) -> None:
+        self._log_closed(f"ping timeout: no answer within {self.keepalive.timeout:g} seconds "
+                         f"(--keepalive)")
+        self._cleanup("the client stopped answering pings")
+        self.link.abort_connection()
+
+    def module_requested(self, module: str) -> None:
+        """BackupPC asked for C{module} on one of this tunnel's connections."""
+        self.server.backup_desk.module_started(self.host, module)
+
+    def send_control(self, body: dict) -> None:
+        """Send a CONTROL message to the client, if the tunnel is still up."""
+        if self.mux is not None and not self._cleaned_up:
+            self.mux.send(framing.Control(body))
+
+    def _control(self, body: dict) -> None:
+        desk = self.server.backup_desk
+        if body.get("type") == "backup-request":
+            desk.request(self.link, full=body.get("full") is True)
+        elif body.get("type") == "transfer-report" and not self.watching:
+            # Only the connection that runs the laptop's rsync has any to make.
+            desk.transfer_report(self.host, body)
+        elif body.get("type") == "modules" and isinstance(body.get("modules"), list):
+            self.served_modules = tuple(
+                str(m)[:MAX_MODULE_NAME] for m in body["modules"][:MAX_MODULES])
+        else:
+            self.log.debug("ignoring control message {message_type} from {client_name}",
+                           message_type=str(body.get("type"))[:40], client_name=self.host)
+
+    def _protocol_error(self, what: str) -> None:
+        self.log.warn(
+            "closing the tunnel of {client_name}: protocol error: {error}",
+            client_name=self.host,
+            error=what,
+        )
+        self.close_tunnel(framing.WS_CLOSE_PROTOCOL_ERROR, f"protocol error: {what}")
+
+    def backup_done(self, ok: bool, detail: str = "", body: dict | None = None) -> None:
+        """
+        BackupPC says how a backup of this host ended: remember it, tell the
+        client (with C{body}, the backup desk's full C{backup-done}, if given).
+        """
+        at = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        self.last_backup = {"ok": ok, "at": at.isoformat(timespec="seconds"), "detail": detail}
+        self.log.info("BackupPC reports the backup of {client_name} {outcome}{detail}",
+                      client_name=self.host, outcome="succeeded" if ok else "failed",
+                      detail=f": {detail}" if detail else "")
+        self.send_control(body or {"type": "backup-done", "host": self.host, "ok": ok,
+                                   "detail": detail})
+
+    # -- probes, checks and being replaced ---------------------------------
+
+    def probe(self, timeout: float) -> Deferred:
+        """Fires with whether the client answers a PING within C{timeout} seconds."""
+        if self.mux is None:
+            return succeed(not self._cleaned_up)  # still in its own handshake
+        return self.ping(timeout).addCallback(lambda rtt: rtt is not None)
+
+    def ping(self, timeout: float) -> Deferred:
+        """
+        A round trip to the client through the tunnel: fires with the time in
+        seconds, or C{None} if no answer came within C{timeout} seconds.
+        """
+        if self.mux is None or self.mux.lost:
+            return succeed(None)
+        return self._pings.ping(timeout)
+
+    def _send_ping_message(self, nonce: bytes) -> None:
+        self.mux.send(framing.Ping(nonce))
+
+    def replace(self, reason: str) -> Deferred:
+        """Drop this (unresponsive) tunnel; fires once its port is closed."""
+        self.log.warn("dropping the tunnel of {client_name} from {peer}: {reason}",
+                      client_name=self.host, peer=self.peer_address, reason=reason)
+        self._cleanup(reason)
+        self.link.abort_connection()
+        return self._down
+
+    def may_carry_connection(self) -> bool:
+        """Whether BackupPC may open one more connection through this tunnel now."""
+        if self.mux is None or self.mux.lost or not self.still_authorized():
+            return False
+        if len(self.mux.channels) >= self.server.settings.max_channels:
+            self.log.warn("refusing a connection to {client_name}: it already carries {count} "
+                          "connections (the maximum)", client_name=self.host,
+                          count=len(self.mux.channels))
+            return False
+        return True
+
+    def still_authorized(self) -> bool:
+        """Check the certificate against the host config again; drop the tunnel if revoked."""
+        revocation = self.server.authorization.recheck(self.settings, self.common_name,
+                                                       self.fingerprint)
+        if revocation is None:
+            return True
+        self.close_tunnel(revocation.close_code, revocation.reason, log=True)
+        return False
+
+    def check(self, now: float) -> None:
+        """The periodic check: authorization, then carried connections' timeouts."""
+        if self.mux is None or self.mux.lost or not self.still_authorized():
+            return
+        settings = self.server.settings
+        for channel in list(self.mux.channels.values()):
+            if now - channel.opened_at > settings.max_connection_time:
+                channel.reset(f"open for more than {settings.max_connection_time:g} seconds "
+                              f"(--max-connection-time)")
+            elif now - channel.last_activity > settings.idle_timeout:
+                channel.reset(f"idle for more than {settings.idle_timeout:g} seconds "
+                              f"(--idle-timeout)")
+
+    def close_tunnel(self, code: int, reason: str, log: bool = False) -> None:
+        """Close from the server side with a reason the client shows; free the port now."""
+        if log:
+            self.log.warn("dropping the tunnel of {client_name}: {reason}",
+                          client_name=self.host, reason=reason)
+        self.link.close_connection(code, reason)
+        self._cleanup(reason)
+
+    # -- the end -----------------------------------------------------------
+
+    def closed(self, code, reason: str | None) -> None:
+        """The WebSocket closed (the closing handshake ended, or the connection did)."""
+        self._log_closed(reason or f"code {code}")
+        self._cleanup(reason or "the tunnel closed")
+
+    def connection_lost(self, tls_error: str | None = None) -> None:
+        """
+        The connection is gone; C{tls_error}, the reason a TLS handshake
+        failed (see L{bpctunnel.server.protocol.tls_error_text}), if it did.
+        """
+        if self.host is None and tls_error is not None:
+            # The client never got past TLS: say why, for the admin.
+            self.log.warn("TLS handshake with {peer} failed: {error}", peer=self.peer_address,
+                          error=tls_error)
+        self._handshake_over()
+        self._cleanup("the tunnel connection was lost")
+
+    def _log_closed(self, reason: str) -> None:
+        if self.host is not None and self.mux is not None and not self._cleaned_up:
+            self.log.info("tunnel of {client_name} closed: {reason}", client_name=self.host,
+                          reason=reason)
+
+    def _cleanup(self, why: str) -> None:
+        if self._cleaned_up:
+            return
+        self._cleaned_up = True
+        self.keepalive.stop()
+        self._pings.stop()
+        if self.mux is not None:
+            self.mux.tunnel_lost(f"the tunnel of {self.host} closed: {why}")
+        closed = succeed(None)
+        if self.listening_port is not None:
+            port, self.listening_port = self.listening_port, None
+            closed = maybeDeferred(port.stopListening)
+        server = self.server
+        if self.host is not None:
+            server.registry.release(self.host, self.link)
+            server.watchers.discard(self.link)
+            server.backup_desk.forget(self.link)
+        if self.mux is not None and not self.watching:
+            server.metrics.tunnel_closed(self)
+            server.notify("down", self.link)
+        closed.chainDeferred(self._down)
