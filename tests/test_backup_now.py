@@ -147,9 +147,9 @@ class BackupDeskTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.tunnel = FakeTunnel()
-        self.registry = Registry(laptop1=self.tunnel)
+        self.tunnels = Registry(laptop1=self.tunnel)
         self.trigger = FakeTrigger()
-        self.desk = BackupDesk(self.clock, self.registry, self.trigger, interval=1.0)
+        self.desk = BackupDesk(self.clock, self.tunnels, self.trigger, interval=1.0)
 
     def test_request_progress_and_result(self):
         """Progress counts only bytes since the request; the result ends the reports."""
@@ -233,7 +233,7 @@ class BackupDeskTests(SynchronousTestCase):
         self.tunnel.mux.bytes_in = 1000
         new = FakeTunnel()
         new.mux.bytes_in = 300
-        self.registry["laptop1"] = new
+        self.tunnels["laptop1"] = new
         self.clock.advance(1)
         self.assertEqual(self.tunnel.controls[-1]["bytes_from_client"], 1300)
 
@@ -248,7 +248,7 @@ class BackupDeskTests(SynchronousTestCase):
         self.assertEqual(len(self.tunnel.controls), 1)
 
     def test_no_trigger(self):
-        desk = BackupDesk(self.clock, self.registry, None)
+        desk = BackupDesk(self.clock, self.tunnels, None)
         desk.request(self.tunnel)
         self.assertFalse(self.tunnel.controls[0]["ok"])
         self.assertIn("--no-backup-now", self.tunnel.controls[0]["message"])
@@ -671,7 +671,7 @@ class BackupNowTests(BackupNowTestCase):
         """
         client, port, files = yield self.connected_client("laptop1", {"documents": self.root})
         self.port = port
-        tunnel, protocol = self.server.factory.registry.get("laptop1"), client.factory.current
+        tunnel, protocol = self.server.factory.tunnels.get("laptop1"), client.factory.current
         process = self.backup_now(files.cert.parent / "laptop1.conf")
         yield process.wait_for("BackupPC took the request")
         yield self.logs.wait_for("backup-now of laptop1 from 127.0.0.1")
@@ -680,7 +680,7 @@ class BackupNowTests(BackupNowTestCase):
         connection.transport.loseConnection()
         yield self.backup_done("1")
         self.assertEqual((yield process.ended.addTimeout(TIMEOUT, reactor)), 0, process.text)
-        self.assertIs(self.server.factory.registry.get("laptop1"), tunnel)
+        self.assertIs(self.server.factory.tunnels.get("laptop1"), tunnel)
         self.assertIs(client.factory.current, protocol)
         self.assertFalse(tunnel.mux.lost)
         self.assertEqual(self.server.factory.watchers, set())

@@ -216,7 +216,7 @@ class BackupOnConnectTests(DaemonBackupTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         factory = service.services[0].factory
-        self.addCleanup(lambda: [t.dropConnection(abort=True) for t in list(factory.registry)])
+        self.addCleanup(lambda: [t.dropConnection(abort=True) for t in list(factory.tunnels)])
 
         def url(line):
             host_port = re.search(r"listening on (127\.0\.0\.1:\d+) ", line).group(1)

@@ -126,7 +126,7 @@ class RealBackupPCTestCase(TestCase):
         yield self.bpc.start()
 
     def server_event(self, event: str, host: str) -> Deferred:
-        """Fires at the server's next C{event} ("up", "down") for C{host}."""
+        """Fires at the server's next C{event} ("open", "closed") for C{host}."""
         d = Deferred()
 
         def observer(kind, tunnel):
@@ -390,7 +390,7 @@ class KilledClientTests(RealBackupPCTestCase):
 
     def client_process(self, config: Path):
         """The client as a C{twistd} process (so that it can be killed)."""
-        up = self.server_event("up", "laptop1")
+        up = self.server_event("open", "laptop1")
         process = twistd(self, "bpctunnel-client", "--config", str(config))
         return process, up
 
@@ -419,7 +419,7 @@ class KilledClientTests(RealBackupPCTestCase):
         # is received, so z-last.bin (150 MB) is on its way.
         yield dump.wait_for_output("a-first.bin").addTimeout(TIMEOUT, reactor)
         self.assertNotIn("z-last.bin", (dump.stdout + dump.stderr).decode(errors="replace"))
-        down = self.server_event("down", "laptop1")
+        down = self.server_event("closed", "laptop1")
         yield process.stop("KILL")
         yield down
         result = yield self.bpc.finished(dump)
@@ -462,7 +462,7 @@ class RevokedHostTests(RealBackupPCTestCase):
         yield self.backuppc_up()
         yield self.dump_ok("laptop1")
 
-        down = self.server_event("down", "laptop1")
+        down = self.server_event("closed", "laptop1")
         yield client.stop()
         yield down
         # Revoke: the host config stays, without the TunnelCert fingerprint.

@@ -410,4 +410,4 @@ class InlinePemEndToEndTests(test_end_to_end.TunnelTestCase):
         yield client.events.next("open").addTimeout(TIMEOUT, reactor)
         self.assertIsInstance(client.config.key, InlinePem)
         yield self.pull_and_compare(port, "docs", source)
-        self.assertEqual(self.server_events, [("up", "laptop1")])
+        self.assertEqual(self.server_events, [("open", "laptop1")])

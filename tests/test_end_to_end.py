@@ -93,7 +93,7 @@ class TunnelTestCase(TestCase):
         d = Deferred()
 
         def observer(event, tunnel):
-            if event == "down" and tunnel.host == host and not d.called:
+            if event == "closed" and tunnel.host == host and not d.called:
                 d.callback(None)
 
         self.server.factory.observers.append(observer)
@@ -119,7 +119,7 @@ class RootClientTests(TunnelTestCase):
         client, port, _ = yield self.connected_client("laptop1", {"documents": source})
         want = yield self.pull_and_compare(port, "documents", source)
         self.assertIn("secret.txt", want)
-        tunnel = self.server.factory.registry.get("laptop1")
+        tunnel = self.server.factory.tunnels.get("laptop1")
         self.assertEqual(tunnel.served_modules, ("documents",))
 
     @inlineCallbacks
@@ -200,7 +200,7 @@ class IdleTunnelMemoryTests(TunnelTestCase):
     def test_handshake_forgotten_tunnel_works(self):
         source = make_sample_tree(self.root / "src")
         _, port, _ = yield self.connected_client("laptop1", {"m": source})
-        tunnel = self.server.factory.registry.get("laptop1")
+        tunnel = self.server.factory.tunnels.get("laptop1")
         self.assertEqual((tunnel.http_request_data, tunnel.http_headers), (b"", {}))
         self.assertIsNone(tunnel._transport_details._peer_cert)
         self.assertIsNotNone(tunnel.certificate_expires)  # what the status API shows
@@ -298,7 +298,7 @@ class RefusalTests(TunnelTestCase):
         self.assertIn("(retrying every 1 second until then)", line)
         self.sandbox.register("newlaptop", port, files.fingerprint)
         yield client.events.next("open").addTimeout(TIMEOUT, reactor)
-        self.assertEqual(self.server_events, [("up", "newlaptop")])
+        self.assertEqual(self.server_events, [("open", "newlaptop")])
 
     @inlineCallbacks
     def test_other_protocol_version(self):
@@ -379,8 +379,8 @@ class LifecycleTests(TunnelTestCase):
         yield self.connected_client("laptop1", {"m": source}, port=port, register=False,
                                     files=files)
         yield self.pull_and_compare(port, "m", source)
-        self.assertEqual([e for e in self.server_events], [("up", "laptop1"), ("down", "laptop1"),
-                                                           ("up", "laptop1")])
+        self.assertEqual([e for e in self.server_events], [("open", "laptop1"), ("closed", "laptop1"),
+                                                           ("open", "laptop1")])
 
     @inlineCallbacks
     def test_tunnel_loss_aborts_carried_connection(self):

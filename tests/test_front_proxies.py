@@ -94,7 +94,7 @@ class HAProxyTests(FrontProxyTestCase):
         yield self.pull_and_compare(port, "m", source)
         yield self.assert_reported_address(client, "laptop1")
         # Under the PROXY protocol's wrapper, the server's socket is the one tuned.
-        assert_bulk_socket(self, self.server.factory.registry.get("laptop1").transport)
+        assert_bulk_socket(self, self.server.factory.tunnels.get("laptop1").transport)
         yield self.assert_foreign_certificate_refused(front)
 
 
@@ -131,7 +131,7 @@ class NginxTests(FrontProxyTestCase):
         yield self.pull_and_compare(port, "m", source)
         yield self.assert_reported_address(client, "laptop1")
         # Under the PROXY protocol's wrapper, the server's socket is the one tuned.
-        assert_bulk_socket(self, self.server.factory.registry.get("laptop1").transport)
+        assert_bulk_socket(self, self.server.factory.tunnels.get("laptop1").transport)
         yield self.assert_foreign_certificate_refused(front)
 
 

@@ -166,7 +166,7 @@ class HostileInputTests(TunnelTestCase):
         source = make_sample_tree(self.root / host)
         _, port, _ = yield self.connected_client(host, {"m": source})
         yield self.pull_and_compare(port, "m", source)
-        self.assertNotIn(("down", "bystander"), self.server_events)
+        self.assertNotIn(("closed", "bystander"), self.server_events)
         self.assertEqual(self.logs.matching("Traceback (most recent call last)"), [])
         self.assertEqual(self.logs.matching("Unhandled Error"), [])
         self.assertEqual(self.failures.events, [])
@@ -214,7 +214,7 @@ class HostileInputTests(TunnelTestCase):
         reason = yield closed.addTimeout(TIMEOUT, reactor)
         self.assertIn(f"protocol error: {words}"[:100], reason)
         yield self.assertFailure(tcp_connect(port), ConnectionRefusedError)
-        self.assertEqual(self.server.factory.registry.get("laptop1"), None)
+        self.assertEqual(self.server.factory.tunnels.get("laptop1"), None)
         yield self.assert_still_serving()
 
     # -- before TLS ---------------------------------------------------------
@@ -235,7 +235,7 @@ class HostileInputTests(TunnelTestCase):
             line = yield self.logs.wait_for(f"TLS handshake with {peer} failed: ")
             self.assertRegex(line, r"failed: (wrong version number|unknown protocol"
                                    r"|packet length too long|record layer failure)")
-        self.assertEqual(self.server_events, [("up", "bystander")])
+        self.assertEqual(self.server_events, [("open", "bystander")])
         yield self.assert_still_serving()
 
     @inlineCallbacks
@@ -271,7 +271,7 @@ class HostileInputTests(TunnelTestCase):
         line = yield self.logs.wait_for(f"TLS handshake with {peer} failed: ")
         self.assertIn("peer did not return a certificate", line)
         self.assertEqual(self.logs.matching("refused laptop1"), [])
-        self.assertEqual(self.server_events, [("up", "bystander")])
+        self.assertEqual(self.server_events, [("open", "bystander")])
         yield self.assert_still_serving()
 
     # -- bad tunnel messages from an authenticated client -------------------
@@ -297,7 +297,7 @@ class HostileInputTests(TunnelTestCase):
         # The server drops the connection at once (Autobahn's failByDrop).
         self.assertIn("peer dropped the TCP connection", reason)
         yield self.assertFailure(tcp_connect(port), ConnectionRefusedError)
-        self.assertEqual(self.server.factory.registry.get("laptop1"), None)
+        self.assertEqual(self.server.factory.tunnels.get("laptop1"), None)
         yield self.assert_still_serving()
 
     def test_oversized_frame(self):
@@ -339,7 +339,7 @@ class HostileInputTests(TunnelTestCase):
         pong = framing.encode(framing.Pong(b"after 0x70"))
         yield tap.wait_for(pong).addTimeout(TIMEOUT, reactor)
         yield self.pull_and_compare(port, "m", source)
-        self.assertNotIn(("down", "laptop1"), self.server_events)
+        self.assertNotIn(("closed", "laptop1"), self.server_events)
         yield self.assert_still_serving()
 
     @inlineCallbacks
@@ -361,7 +361,7 @@ class HostileInputTests(TunnelTestCase):
             line = yield self.logs.wait_for(f"message for unknown channel {message.channel_id} ")
             self.assertIn(f"from laptop1: {type(message).__name__}", line)
         yield self.pull_and_compare(port, "m", source)
-        self.assertNotIn(("down", "laptop1"), self.server_events)
+        self.assertNotIn(("closed", "laptop1"), self.server_events)
         yield self.assert_still_serving()
 
     @inlineCallbacks
@@ -381,7 +381,7 @@ class HostileInputTests(TunnelTestCase):
             yield tap.wait_for(framing.encode(framing.Close(
                 channel_id, framing.CLOSE_ERROR, "this side accepts no channels",
             ))).addTimeout(TIMEOUT, reactor)
-        self.assertEqual(len(self.server.factory.registry.get("laptop1").mux.channels), 0)
+        self.assertEqual(len(self.server.factory.tunnels.get("laptop1").mux.channels), 0)
         yield self.pull_and_compare(port, "m", source)
         self.assertEqual(self.logs.matching("refusing a connection to laptop1"), [])
         yield self.assert_still_serving()
@@ -403,7 +403,7 @@ class HostileInputTests(TunnelTestCase):
         line = yield self.logs.wait_for("refused laptop1 from 127.0.0.1:")
         self.assertIn(expected, line)
         yield self.logs.wait_for(f"refused by server: {expected}")
-        self.assertEqual(self.server_events, [("up", "bystander")])
+        self.assertEqual(self.server_events, [("open", "bystander")])
         yield self.assert_still_serving()
 
     @inlineCallbacks
@@ -439,13 +439,13 @@ class HostileInputTests(TunnelTestCase):
         before = len(self.logs.matching("cannot re-check bystander: "))
         self.server.factory.check_tunnels()
         self.assertEqual(len(self.logs.matching("cannot re-check bystander: ")), before + 1)
-        self.assertEqual(self.server_events, [("up", "bystander")])
-        self.assertIs(self.server.factory.registry.get("bystander").mux.lost, False)
+        self.assertEqual(self.server_events, [("open", "bystander")])
+        self.assertIs(self.server.factory.tunnels.get("bystander").mux.lost, False)
 
         opened = client.events.next("open")
         hosts.write_bytes(saved)
         yield opened.addTimeout(TIMEOUT, reactor)
-        self.assertIn(("up", "laptop2"), self.server_events)
+        self.assertIn(("open", "laptop2"), self.server_events)
         yield self.assert_still_serving()
 
     # -- everything at once -------------------------------------------------
@@ -494,7 +494,7 @@ class HostileInputTests(TunnelTestCase):
                 errors = self.logs.matching("closing the tunnel of fuzzer: protocol error: ")
                 self.assertGreaterEqual(len(errors), closures)
         self.assertGreater(closures, 0)
-        ups = [event for event in self.server_events if event == ("up", "fuzzer")]
+        ups = [event for event in self.server_events if event == ("open", "fuzzer")]
         self.assertGreaterEqual(len(ups), closures)
         yield self.assert_still_serving()
 
@@ -525,7 +525,7 @@ class HandshakeLimitTests(TunnelTestCase):
         for holder in holders:
             holder.transport.loseConnection()
         yield client.events.next("open").addTimeout(TIMEOUT, reactor)
-        self.assertEqual(self.server_events, [("up", "laptop1")])
+        self.assertEqual(self.server_events, [("open", "laptop1")])
         metrics = generate_latest(self.server.factory.metrics.registry).decode()
         self.assertRegex(metrics, r'bpctunnel_refusals_total\{reason="busy"\} [2-9]')
 

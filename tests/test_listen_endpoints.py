@@ -223,7 +223,7 @@ class ProxyProtocolTests(TestCase):
         yield client.events.next("open").addTimeout(TIMEOUT, reactor)
         host, port = PROXIED_CLIENT
         yield self.logs.wait_for(f"tunnel up for laptop1 from {host}:{port},")
-        assert_bulk_socket(self, server_factory.registry.get("laptop1").transport)
+        assert_bulk_socket(self, server_factory.tunnels.get("laptop1").transport)
 
     @inlineCallbacks
     def test_haproxy_endpoint(self):

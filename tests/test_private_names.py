@@ -89,7 +89,7 @@ class FakeFactory:
     """What the status API reads of a L{bpctunnel.server.protocol.TunnelServerFactory}."""
 
     def __init__(self, *tunnels):
-        self.registry = {t.host: t for t in tunnels}
+        self.tunnels = {t.host: t for t in tunnels}
         self.metrics = FakeMetrics()
 
 

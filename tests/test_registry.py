@@ -62,10 +62,10 @@ class ClockedTunnel(FakeTunnel):
 
 class RegistryTestCase(unittest.TestCase):
     def setUp(self):
-        self.registry = TunnelRegistry(probe_timeout=5.0)
+        self.tunnels = TunnelRegistry(probe_timeout=5.0)
         self.old = FakeTunnel("old")
         self.new = FakeTunnel("new")
-        self.successResultOf(self.registry.claim("laptop", self.old))
+        self.successResultOf(self.tunnels.claim("laptop", self.old))
 
     def refusal(self, d: Deferred) -> str:
         """The detail of the L{AlreadyConnected} that C{d} failed with."""
@@ -75,36 +75,36 @@ class RegistryTestCase(unittest.TestCase):
 class FreeHostTests(RegistryTestCase):
     def test_first_claim_wins_at_once(self):
         """A host nobody holds is given to the claimant without a probe."""
-        self.assertIs(self.registry.get("laptop"), self.old)
-        self.assertEqual((len(self.registry), list(self.registry)), (1, [self.old]))
+        self.assertIs(self.tunnels.get("laptop"), self.old)
+        self.assertEqual((len(self.tunnels), list(self.tunnels)), (1, [self.old]))
         other = FakeTunnel("other")
-        self.successResultOf(self.registry.claim("desktop", other))
-        self.assertEqual(sorted(t.name for t in self.registry), ["old", "other"])
+        self.successResultOf(self.tunnels.claim("desktop", other))
+        self.assertEqual(sorted(t.name for t in self.tunnels), ["old", "other"])
         self.assertEqual((self.old.probes, other.probes), ([], []))
 
     def test_get_unknown(self):
-        self.assertIsNone(self.registry.get("nobody"))
+        self.assertIsNone(self.tunnels.get("nobody"))
 
 
 class ProbeAnsweredTests(RegistryTestCase):
     """The old tunnel answers the probe: it keeps the host."""
 
     def test_newcomer_refused(self):
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         self.assertNoResult(d)
         self.assertEqual([t for t, _ in self.old.probes], [5.0])
         self.old.answer(True)
         self.assertIn("is up and answering; the newer connection was refused", self.refusal(d))
-        self.assertIs(self.registry.get("laptop"), self.old)
+        self.assertIs(self.tunnels.get("laptop"), self.old)
         self.assertEqual(self.old.replaced, [])
 
     def test_probe_again_after_refusal(self):
         """The refusal ends the probe: the next claimant gets a probe of its own."""
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         self.old.answer(True)
         self.failureResultOf(d, AlreadyConnected)
         third = FakeTunnel("third")
-        d = self.registry.claim("laptop", third)
+        d = self.tunnels.claim("laptop", third)
         self.assertNoResult(d)
         self.assertEqual(len(self.old.probes), 2)
 
@@ -113,18 +113,18 @@ class ProbeUnansweredTests(RegistryTestCase):
     """The old tunnel does not answer: the newcomer takes over."""
 
     def test_newcomer_takes_over(self):
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         with capturedLogs() as events:
             self.old.answer(False)
         # The newcomer is registered at once, but its claim fires only once
         # the old tunnel is down (its port closed, so the newcomer can listen).
-        self.assertIs(self.registry.get("laptop"), self.new)
+        self.assertIs(self.tunnels.get("laptop"), self.new)
         self.assertEqual([r for r, _ in self.old.replaced],
                          ["a new connection from the same host replaced it"])
         self.assertNoResult(d)
         self.old.replaced[0][1].callback(None)
         self.successResultOf(d)
-        self.assertEqual(list(self.registry), [self.new])
+        self.assertEqual(list(self.tunnels), [self.new])
         [warning] = [e for e in events if e["log_format"].startswith("replacing the tunnel")]
         self.assertEqual((warning["client_name"], warning["timeout"]), ("laptop", 5.0))
 
@@ -158,11 +158,11 @@ class ProbeUnansweredTests(RegistryTestCase):
 
     def test_replace_fails(self):
         """If dropping the old tunnel fails, so does the claim (the newcomer stays registered)."""
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         self.old.answer(False)
         self.old.replaced[0][1].errback(RuntimeError("port would not close"))
         self.failureResultOf(d, RuntimeError)
-        self.assertIs(self.registry.get("laptop"), self.new)
+        self.assertIs(self.tunnels.get("laptop"), self.new)
 
 
 class ProbeFailsTests(RegistryTestCase):
@@ -173,55 +173,55 @@ class ProbeFailsTests(RegistryTestCase):
     """
 
     def test_error_passes_to_newcomer(self):
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         self.old.probes[0][1].errback(ValueError("probe broke"))
         self.failureResultOf(d, ValueError)
-        self.assertIs(self.registry.get("laptop"), self.old)
+        self.assertIs(self.tunnels.get("laptop"), self.old)
         self.assertEqual(self.old.replaced, [])
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         self.assertNoResult(d)  # probing again, not "being checked right now"
         self.old.probes[1][1].callback(False)
-        self.assertIs(self.registry.get("laptop"), self.new)
+        self.assertIs(self.tunnels.get("laptop"), self.new)
 
 
 class WhileProbingTests(RegistryTestCase):
     """Things that happen while the old tunnel is being probed."""
 
     def test_third_claimant_refused_at_once(self):
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         third = FakeTunnel("third")
-        d3 = self.registry.claim("laptop", third)
+        d3 = self.tunnels.claim("laptop", third)
         self.assertIn("being checked right now", self.refusal(d3))
         self.assertEqual(len(self.old.probes), 1)
         self.old.answer(False)
-        self.assertIs(self.registry.get("laptop"), self.new)
+        self.assertIs(self.tunnels.get("laptop"), self.new)
         self.old.replaced[0][1].callback(None)
         self.successResultOf(d)
 
     def test_other_host_not_blocked(self):
         """A probe of one host does not hold up claims for another."""
-        self.registry.claim("laptop", self.new)
+        self.tunnels.claim("laptop", self.new)
         other = FakeTunnel("other")
-        self.successResultOf(self.registry.claim("desktop", other))
-        self.assertIs(self.registry.get("desktop"), other)
+        self.successResultOf(self.tunnels.claim("desktop", other))
+        self.assertIs(self.tunnels.get("desktop"), other)
 
     def test_old_goes_away_then_answers_nothing(self):
         """The old tunnel closes during the probe: the newcomer gets the host, nothing is replaced."""
-        d = self.registry.claim("laptop", self.new)
-        self.registry.release("laptop", self.old)
-        self.assertIsNone(self.registry.get("laptop"))
+        d = self.tunnels.claim("laptop", self.new)
+        self.tunnels.release("laptop", self.old)
+        self.assertIsNone(self.tunnels.get("laptop"))
         self.old.answer(False)
         self.successResultOf(d)
-        self.assertIs(self.registry.get("laptop"), self.new)
+        self.assertIs(self.tunnels.get("laptop"), self.new)
         self.assertEqual(self.old.replaced, [])
 
     def test_old_goes_away_though_it_answered(self):
         """An answer from a tunnel already released does not keep the host."""
-        d = self.registry.claim("laptop", self.new)
-        self.registry.release("laptop", self.old)
+        d = self.tunnels.claim("laptop", self.new)
+        self.tunnels.release("laptop", self.old)
         self.old.answer(True)
         self.successResultOf(d)
-        self.assertIs(self.registry.get("laptop"), self.new)
+        self.assertIs(self.tunnels.get("laptop"), self.new)
         self.assertEqual(self.old.replaced, [])
 
     def test_third_takes_the_place_freed_meanwhile(self):
@@ -246,28 +246,28 @@ class WhileProbingTests(RegistryTestCase):
 
 class ReleaseTests(RegistryTestCase):
     def test_release_registered(self):
-        self.registry.release("laptop", self.old)
-        self.assertIsNone(self.registry.get("laptop"))
-        self.assertEqual(len(self.registry), 0)
+        self.tunnels.release("laptop", self.old)
+        self.assertIsNone(self.tunnels.get("laptop"))
+        self.assertEqual(len(self.tunnels), 0)
 
     def test_release_of_a_replaced_tunnel_keeps_its_successor(self):
         """The old tunnel's own cleanup, after a takeover, leaves the newcomer registered."""
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         self.old.answer(False)
         self.old.replaced[0][1].callback(None)
         self.successResultOf(d)
-        self.registry.release("laptop", self.old)
-        self.assertIs(self.registry.get("laptop"), self.new)
+        self.tunnels.release("laptop", self.old)
+        self.assertIs(self.tunnels.get("laptop"), self.new)
 
     def test_release_of_a_refused_newcomer_keeps_the_old(self):
-        d = self.registry.claim("laptop", self.new)
+        d = self.tunnels.claim("laptop", self.new)
         self.old.answer(True)
         self.failureResultOf(d, AlreadyConnected)
-        self.registry.release("laptop", self.new)
-        self.assertIs(self.registry.get("laptop"), self.old)
+        self.tunnels.release("laptop", self.new)
+        self.assertIs(self.tunnels.get("laptop"), self.old)
 
     def test_release_unknown_host_or_twice(self):
-        self.registry.release("nobody", self.old)
-        self.registry.release("laptop", self.old)
-        self.registry.release("laptop", self.old)
-        self.assertEqual(len(self.registry), 0)
+        self.tunnels.release("nobody", self.old)
+        self.tunnels.release("laptop", self.old)
+        self.tunnels.release("laptop", self.old)
+        self.assertEqual(len(self.tunnels), 0)

@@ -106,8 +106,8 @@ class TakeoverTests(TunnelTestCase):
                                                 register=False, port=port)
         line = yield self.logs.wait_for("replacing the tunnel of laptop1")
         self.assertIn("did not answer within 1.0 seconds", line)
-        self.assertEqual(self.server_events, [("up", "laptop1"), ("down", "laptop1"),
-                                              ("up", "laptop1")])
+        self.assertEqual(self.server_events, [("open", "laptop1"), ("closed", "laptop1"),
+                                              ("open", "laptop1")])
         yield self.pull_and_compare(port, "m", source)
 
 
@@ -178,7 +178,7 @@ class ChannelTimeoutTests(TunnelTestCase):
         line = yield self.logs.wait_for("idle for more than 1 seconds (--idle-timeout)")
         self.assertIn("laptop1", line)
         # The tunnel itself stays up for the next connection.
-        self.assertEqual(self.server_events, [("up", "laptop1")])
+        self.assertEqual(self.server_events, [("open", "laptop1")])
 
 
 class MaxDurationTests(TunnelTestCase):
@@ -285,5 +285,5 @@ class NoStarvationTests(TunnelTestCase):
 
         yield self.pull_and_compare(port, "small", small)
         yield self.pull_and_compare(other_port, "small", small)
-        self.assertIn(channel.channel_id, self.server.factory.registry.get("laptop1").mux.channels)
+        self.assertIn(channel.channel_id, self.server.factory.tunnels.get("laptop1").mux.channels)
         self.assertLess(channel.bytes_in, 100 * 1024 * 1024, "the frozen pull is not finished")

@@ -150,9 +150,9 @@ class SessionTestCase(unittest.TestCase):
     def assertTunnelGone(self, session, link):
         """The tunnel's port is closed, its host free, its channels failed, observers told."""
         self.assertTrue(self.ports[-1].stopped)
-        self.assertIsNone(self.state.registry.get("laptop1"))
+        self.assertIsNone(self.state.tunnels.get("laptop1"))
         self.assertTrue(session.mux.lost)
-        self.assertEqual(self.events[-1], ("down", link))
+        self.assertEqual(self.events[-1], ("closed", link))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
@@ -160,10 +160,10 @@ class OpenTests(SessionTestCase):
     def test_open_registers_listens_and_tells(self):
         """An authorized client gets its host, a port on RsyncdClientPort, and 'up' is told."""
         session, link = self.open()
-        self.assertIs(self.state.registry.get("laptop1"), link)
+        self.assertIs(self.state.tunnels.get("laptop1"), link)
         self.assertEqual([p.number for p in self.ports], [PORT])
         self.assertEqual((session.host, session.settings.port), ("laptop1", PORT))
-        self.assertEqual(self.events, [("up", link)])
+        self.assertEqual(self.events, [("open", link)])
         self.assertEqual(self.state.metrics.handshakes._value.get(), 1)
         [line] = self.logs.matching("tunnel up for laptop1")
         self.assertIn("from 192.0.2.1:50000, listening on 127.0.0.1:40001", line)
@@ -238,7 +238,7 @@ class KeepaliveTests(SessionTestCase):
         session.closed(1006, "connection was closed uncleanly")
         session.connection_lost()
         self.assertEqual(len(self.logs.matching("tunnel of laptop1 closed")), 1)
-        self.assertEqual([e for e, _ in self.events], ["up", "down"])
+        self.assertEqual([e for e, _ in self.events], ["open", "closed"])
 
     def test_wrong_pong_does_not_count(self):
         session, link = self.open()
@@ -347,11 +347,11 @@ class TakeoverTests(SessionTestCase):
         self.assertEqual(old_link.aborts, 1)
         self.assertTrue(self.ports[0].stopped)
         self.assertFalse(self.ports[1].stopped)
-        self.assertIs(self.state.registry.get("laptop1"), new_link)
+        self.assertIs(self.state.tunnels.get("laptop1"), new_link)
         [line] = self.logs.matching("dropping the tunnel of laptop1 from 192.0.2.1:50000")
         self.assertIn("a new connection from the same host replaced it", line)
         new.opened()
-        self.assertEqual(self.events, [("up", old_link), ("down", old_link), ("up", new_link)])
+        self.assertEqual(self.events, [("open", old_link), ("closed", old_link), ("open", new_link)])
 
     def test_newcomer_lost_during_probe_leaves_host_free(self):
         """
@@ -367,8 +367,8 @@ class TakeoverTests(SessionTestCase):
         self.successResultOf(d)
         self.assertEqual(old_link.aborts, 1)
         self.assertEqual([p.stopped for p in self.ports], [True, True])
-        self.assertIsNone(self.state.registry.get("laptop1"))
-        self.assertEqual(self.events, [("up", old_link), ("down", old_link)])
+        self.assertIsNone(self.state.tunnels.get("laptop1"))
+        self.assertEqual(self.events, [("open", old_link), ("closed", old_link)])
 
     def test_answered_probe_refuses_newcomer(self):
         old, old_link = self.open()
@@ -379,7 +379,7 @@ class TakeoverTests(SessionTestCase):
         denied = self.denial(d)
         self.assertEqual((denied.refusal, denied.http_status), (Refusal.ALREADY_CONNECTED, 409))
         self.assertTrue(denied.text.startswith("already connected for laptop1: "), denied.text)
-        self.assertIs(self.state.registry.get("laptop1"), old_link)
+        self.assertIs(self.state.tunnels.get("laptop1"), old_link)
         self.assertEqual((old_link.aborts, len(self.ports)), (0, 1))
 
 
@@ -395,7 +395,7 @@ class RevocationTests(SessionTestCase):
     def test_unchanged_stays(self):
         self.clock.advance(CHECK_INTERVAL * 3)
         self.assertEqual((self.link.closes, self.link.aborts), ([], 0))
-        self.assertIs(self.state.registry.get("laptop1"), self.link)
+        self.assertIs(self.state.tunnels.get("laptop1"), self.link)
         self.assertFalse(self.session.mux.lost)
 
     def assertClosedBy(self, code: int, refusal: Refusal | None) -> str:
@@ -409,8 +409,8 @@ class RevocationTests(SessionTestCase):
         self.assertEqual(self.logs.matching("dropping the tunnel of laptop1: "),
                          [f"dropping the tunnel of laptop1: {reason}"])
         self.assertTrue(self.ports[0].stopped)
-        self.assertIsNone(self.state.registry.get("laptop1"))
-        self.assertEqual(self.events[-1], ("down", self.link))
+        self.assertIsNone(self.state.tunnels.get("laptop1"))
+        self.assertEqual(self.events[-1], ("closed", self.link))
         return reason
 
     def test_certificate_removed(self):
@@ -495,7 +495,7 @@ class HandshakeDeadlineTests(SessionTestCase):
         session.connection_lost()
         slow.callback(None)
         self.assertTrue(self.ports[0].stopped)
-        self.assertIsNone(self.state.registry.get("laptop1"))
+        self.assertIsNone(self.state.tunnels.get("laptop1"))
         self.assertEqual(self.events, [])
 
     def test_lost_before_deadline_cancels_it(self):
@@ -620,7 +620,7 @@ class AdapterTests(SessionTestCase):
         factory, protocol, transport = self.make(self.cert)
         protocol.dataReceived(upgrade_request("/tunnel"))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:200])
-        self.assertIs(factory.registry.get("laptop1"), protocol)
+        self.assertIs(factory.tunnels.get("laptop1"), protocol)
         self.assertEqual((protocol.host, protocol.settings.port), ("laptop1", PORT))
         self.assertFalse(protocol.mux.lost)
         transport.clear()
@@ -636,7 +636,7 @@ class AdapterTests(SessionTestCase):
         self.reactor.advance(KEEPALIVE)
         self.assertTrue(transport.disconnected)
         self.assertTrue(self.ports[0].stopped)
-        self.assertIsNone(factory.registry.get("laptop1"))
+        self.assertIsNone(factory.tunnels.get("laptop1"))
 
     def test_silent_connection_aborted_at_deadline(self):
         _, protocol, transport = self.make(self.cert)

@@ -106,7 +106,7 @@ async def run_demo(reactor, out=sys.stdout, keep: bool = False) -> int:
         say(f"6. All {len(want)} entries ({size:,} bytes) arrived byte-identical")
 
         down = Deferred()
-        server.factory.observers.append(lambda event, tunnel: event == "down" and down.callback(None))
+        server.factory.observers.append(lambda event, tunnel: event == "closed" and down.callback(None))
         await client.stop()
         await down.addTimeout(TIMEOUT, reactor)
         client = None

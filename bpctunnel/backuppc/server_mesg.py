@@ -204,7 +204,7 @@ class BackupTrigger:
 
     def __call__(self, event: str, tunnel) -> None:
         """A server factory observer."""
-        if event == "up":
+        if event == "open":
             self.request_backup(tunnel.host)
 
     def request_backup(self, host: str, backup_type: str | None = None) -> Deferred:

@@ -75,7 +75,7 @@ class _Api(Resource):
         self.factory = factory
 
     def live(self, host: str):
-        tunnel = self.factory.registry.get(host)
+        tunnel = self.factory.tunnels.get(host)
         if tunnel is None or tunnel.mux is None or tunnel.mux.lost:
             return None
         return tunnel
@@ -93,7 +93,7 @@ class TunnelsResource(_Api):
         return TunnelResource(self.factory, name.decode("utf-8", "replace").lower())
 
     def render_GET(self, request) -> bytes:
-        tunnels = sorted((t for t in self.factory.registry if t.mux is not None and not t.mux.lost),
+        tunnels = sorted((t for t in self.factory.tunnels if t.mux is not None and not t.mux.lost),
                          key=lambda t: t.host)
         return _json(request, 200, {"tunnels": [tunnel_info(t) for t in tunnels]})
 

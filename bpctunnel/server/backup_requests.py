@@ -122,7 +122,7 @@ class BackupDesk:
     """
     The server's side of requested backups.
 
-    @param registry: the live tunnels (L{bpctunnel.server.tunnels.TunnelRegistry}).
+    @param tunnels: the live tunnels (L{bpctunnel.server.tunnels.TunnelRegistry}).
     @param trigger: asks BackupPC, or C{None} if this server takes no requests.
     @param interval: seconds between progress messages.
 
@@ -131,10 +131,10 @@ class BackupDesk:
 
     log = Logger()
 
-    def __init__(self, clock, registry, trigger: BackupTrigger | None, interval: float = 1.0,
+    def __init__(self, clock, tunnels, trigger: BackupTrigger | None, interval: float = 1.0,
                  status_interval: float = 3.0):
         self.clock = clock
-        self.registry = registry
+        self.tunnels = tunnels
         self.trigger = trigger
         self.interval = interval
         self.status_interval = status_interval
@@ -153,7 +153,7 @@ class BackupDesk:
         self.log.info("{client_name} asks for a {kind} backup now", client_name=host, kind=kind)
         pending = self._pending.get(host)
         if pending is None:
-            pending = self._pending[host] = _Pending(_Carried.starting_at(self.registry.get(host)),
+            pending = self._pending[host] = _Pending(_Carried.starting_at(self.tunnels.get(host)),
                                                      requested_at=self.clock.seconds())
         pending.subscribers.add(connection)
         d = self.trigger.request_backup(host, FULL if full else INCREMENTAL)
@@ -280,7 +280,7 @@ class BackupDesk:
         pending = self._pending.get(host)
         if pending is None:
             return
-        body = progress_of(host, self.registry.get(host), pending.carried)
+        body = progress_of(host, self.tunnels.get(host), pending.carried)
         for connection in list(pending.subscribers):
             connection.send_control(body)
 
@@ -304,7 +304,7 @@ class BackupDesk:
         return len(recipients)
 
     def _live(self, host: str):
-        tunnel = self.registry.get(host)
+        tunnel = self.tunnels.get(host)
         if tunnel is not None and tunnel.mux is not None and not tunnel.mux.lost:
             return tunnel
         return None

@@ -20,8 +20,8 @@ from bpctunnel.refusals import Refusal
 class ServerMetrics:
     """One server's metrics, in a registry of their own."""
 
-    def __init__(self, registry_of_tunnels):
-        self.tunnels = registry_of_tunnels
+    def __init__(self, tunnels):
+        self.tunnels = tunnels
         self.registry = CollectorRegistry()
         self.handshakes = Counter("bpctunnel_handshakes", "Tunnels opened.", registry=self.registry)
         #: Count refusals with L{refused}: its labels are L{Refusal} codes only.

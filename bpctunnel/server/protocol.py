@@ -52,7 +52,7 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     """
     One client's connection: forwards Autobahn's events to its
     L{TunnelSession}, does for the session what only the WebSocket can
-    (L{ITunnelLink}), and is the tunnel that the registry, the status API,
+    (L{ITunnelLink}), and is the tunnel that the tunnels (TunnelRegistry), the status API,
     the metrics, the backup desk and the observers hold: what they read of
     it and ask of it is its session's.
 
@@ -195,7 +195,7 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.state = ServerState(reactor, settings, listen_local, backup_trigger)
         # The shared state under the names the service, the status API and
         # the tests use: the same objects.
-        self.registry = self.state.registry
+        self.tunnels = self.state.tunnels
         self.metrics = self.state.metrics
         self.observers = self.state.observers
         self.watchers = self.state.watchers

@@ -53,18 +53,19 @@ class ServerState:
         self.clock = reactor
         self._reactor = reactor
         self.settings = settings
-        self.registry = TunnelRegistry(settings.probe_timeout)
-        self.metrics = ServerMetrics(self.registry)
+        self.tunnels = TunnelRegistry(settings.probe_timeout)
+        self.metrics = ServerMetrics(self.tunnels)
         self.listen_local = listen_local or self._listen_tcp
         self.handshakes = HandshakeLimit(reactor, settings.max_unauthenticated,
                                          settings.max_handshakes, self.metrics.refused)
         self.authorization = HostAuthorization(settings.backuppc_conf)
         self.refusals = HandshakeRefusals(self.metrics)
-        #: Callables C{(event, tunnel)} told of each tunnel going "up" and "down".
+        #: Callables C{(event, tunnel)} told when a tunnel opens ("open") and
+        #: closes ("closed"), the client's names for the same events.
         self.observers: list[Callable] = []
         #: backup-now connections that follow another connection's tunnel.
         self.watchers: set = set()
-        self.backup_desk = BackupDesk(reactor, self.registry, backup_trigger)
+        self.backup_desk = BackupDesk(reactor, self.tunnels, backup_trigger)
         self._checker = LoopingCall(self.check_tunnels)
         self._checker.clock = reactor
 
@@ -81,7 +82,7 @@ class ServerState:
     def check_tunnels(self) -> None:
         """Check every live tunnel (see L{bpctunnel.server.session.TunnelSession.check})."""
         now = self.clock.seconds()
-        for tunnel in [*self.registry, *self.watchers]:
+        for tunnel in [*self.tunnels, *self.watchers]:
             try:
                 tunnel.check(now)
             except Exception:
@@ -89,7 +90,7 @@ class ServerState:
                                  client_name=tunnel.host)
 
     def notify(self, event: str, tunnel) -> None:
-        """Tell the observers that C{tunnel} went C{"up"} or C{"down"}."""
+        """Tell the observers that C{tunnel} is C{"open"} or C{"closed"} (the client's event names too)."""
         for observer in list(self.observers):
             observer(event, tunnel)
 

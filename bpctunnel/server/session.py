@@ -41,7 +41,7 @@ MAX_MODULE_NAME = 255
 class ITunnelLink(Interface):
     """
     What a L{TunnelSession} needs of its connection.  The link is also the
-    tunnel as the registry, the watchers, the backup desk and the observers
+    tunnel as the tunnels (TunnelRegistry), the watchers, the backup desk and the observers
     hold it, answering for the session.
     """
 
@@ -173,7 +173,7 @@ class TunnelSession:
         self.certificate_expires = not_after(der)
         settings = self.server.authorization.authorize(self.common_name, self.fingerprint)
         self.host, self.settings = settings.host, settings
-        d = self.server.registry.claim(settings.host, self.link)
+        d = self.server.tunnels.claim(settings.host, self.link)
         d.addCallback(lambda _: self.server.listen_local(settings.port,
                                                          LocalListenerFactory(self)))
         d.addCallbacks(self._listening, self._listen_failed)
@@ -185,7 +185,7 @@ class TunnelSession:
         if self._cleaned_up:
             # The connection went away while it waited for its claim.
             port.stopListening()
-            self.server.registry.release(self.host, self.link)
+            self.server.tunnels.release(self.host, self.link)
             return
         self.listening_port = port
         self._make_mux()
@@ -209,7 +209,7 @@ class TunnelSession:
     def _listen_failed(self, failure):
         if failure.check(Refused):
             return failure
-        self.server.registry.release(self.host, self.link)
+        self.server.tunnels.release(self.host, self.link)
         raise PortUnavailable(
             self.host,
             f"the server cannot listen on 127.0.0.1:{self.settings.port} "
@@ -230,7 +230,7 @@ class TunnelSession:
             self.log.info("backup-now of {client_name} from {peer} follows the tunnel already up",
                           client_name=self.host, peer=self.peer_address)
             return
-        self.server.notify("up", self.link)
+        self.server.notify("open", self.link)
         self.log.info(
             "tunnel up for {client_name} from {peer}, listening on 127.0.0.1:{port}",
             client_name=self.host,
@@ -416,10 +416,10 @@ class TunnelSession:
             closed = maybeDeferred(port.stopListening)
         server = self.server
         if self.host is not None:
-            server.registry.release(self.host, self.link)
+            server.tunnels.release(self.host, self.link)
             server.watchers.discard(self.link)
             server.backup_desk.forget(self.link)
         if self.mux is not None and not self.watching:
             server.metrics.tunnel_closed(self)
-            server.notify("down", self.link)
+            server.notify("closed", self.link)
         closed.chainDeferred(self._down)

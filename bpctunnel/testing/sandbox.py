@@ -179,7 +179,7 @@ class RunningServer:
         return f"http://{address.host}:{address.port}"
 
     def stop(self) -> Deferred:
-        for tunnel in self.factory.registry:
+        for tunnel in self.factory.tunnels:
             tunnel.dropConnection(abort=True)
         if self.api_port is not None:
             self.api_port.stopListening()
