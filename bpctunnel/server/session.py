@@ -204,7 +204,9 @@ class TunnelSession:
                                send_pieces=self.link.send_pieces_while_open,
                                is_server=True, name=self.host,
                                on_pong=self._pings.answered, on_control=self._control,
-                               clock=self.clock)
+                               clock=self.clock,
+                               # The server's one channel limit, --max-channels.
+                               max_channels=self.server.settings.max_channels)
 
     def _listen_failed(self, failure):
         if failure.check(Refused):
@@ -341,7 +343,7 @@ class TunnelSession:
         """Whether BackupPC may open one more connection through this tunnel now."""
         if self.mux is None or self.mux.lost or not self.still_authorized():
             return False
-        if len(self.mux.channels) >= self.server.settings.max_channels:
+        if len(self.mux.channels) >= self.mux.max_channels:
             self.log.warn("refusing a connection to {client_name}: it already carries {count} "
                           "connections (the maximum)", client_name=self.host,
                           count=len(self.mux.channels))

@@ -41,7 +41,10 @@ MAX_DATA = 256 * 1024
 #: amount of Python work, so fewer, bigger reads cost less CPU per byte
 #: (issue 8: 64 -> 256 KiB took about 15% off both ends).
 LOCAL_READ_SIZE = MAX_DATA
-#: Channels one tunnel may carry at once.
+#: Channels one tunnel may carry at once, unless its owner says otherwise:
+#: the server passes its C{--max-channels} (default 16, the connections
+#: BackupPC may carry through one laptop's tunnel); a laptop keeps this
+#: bound on what a server may open.
 DEFAULT_MAX_CHANNELS = 64
 
 
