@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bpctunnel.backuppc import hosts as backuppc
 from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.backuppc.hosts import (
-    HostEntry, PerlExpression, TUNNEL_CERT_RE, TunnelSettings, authorize,
+    HostEntry, PerlExpression, TUNNEL_CERT_RE, AuthorizedHost, authorize,
     find_fingerprints, find_host_config, normalize_fingerprint, parse_hosts,
     parse_perl_config, read_hosts, read_perl_config, tunnel_settings,
 )
@@ -220,7 +220,7 @@ class RealFilesAuthorizeTests(TempDirMixin, SynchronousTestCase):
 
     def test_laptop1(self):
         """Alice's certificate opens her tunnel on port 64701."""
-        self.assertEqual(authorize(self.conf, "laptop1", FP1), TunnelSettings(
+        self.assertEqual(authorize(self.conf, "laptop1", FP1), AuthorizedHost(
             "laptop1", self.conf / "laptop1.pl", frozenset({FP1}), 64701))
 
     def test_laptop2_last_port(self):
@@ -751,13 +751,13 @@ class AuthorizeTests(TempDirMixin, SynchronousTestCase):
     def test_authorized(self):
         path = self.write("laptop1.pl", host_config())
         settings = authorize(self.conf, "laptop1", FP1)
-        self.assertEqual(settings, TunnelSettings("laptop1", path, frozenset({FP1}), 64701))
+        self.assertEqual(settings, AuthorizedHost("laptop1", path, frozenset({FP1}), 64701))
 
     def test_case_and_format_insensitive(self):
         """The CN and the presented fingerprint may differ in case and colons."""
         path = self.write("laptop3.pl", host_config(fp=colons(FP1).upper(), port="64703"))
         self.assertEqual(authorize(self.conf, "LAPTOP3", colons(FP1)),
-                         TunnelSettings("laptop3", path, frozenset({FP1}), 64703))
+                         AuthorizedHost("laptop3", path, frozenset({FP1}), 64703))
 
     def elsewhere(self):
         """A temporary folder outside the config folder."""
@@ -977,7 +977,7 @@ class TunnelSettingsTests(TempDirMixin, SynchronousTestCase):
     def test_settings(self):
         conf = self.tempdir()
         (conf / "laptop1.pl").write_text(host_config(port="64799"))
-        self.assertEqual(tunnel_settings(conf, "Laptop1"), TunnelSettings(
+        self.assertEqual(tunnel_settings(conf, "Laptop1"), AuthorizedHost(
             "laptop1", conf / "laptop1.pl", frozenset({FP1}), 64799))
 
     def test_refusals(self):

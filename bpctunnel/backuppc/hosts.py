@@ -33,7 +33,7 @@ from bpctunnel.backuppc.perlconf import (
 __all__ = [
     "Assignment", "HostEntry", "PerlConfig", "PerlExpression", "TUNNEL_CERT_RE",
     "ascii_lower",
-    "TunnelSettings", "authorize", "find_fingerprints", "find_host_config",
+    "AuthorizedHost", "authorize", "find_fingerprints", "find_host_config",
     "normalize_fingerprint", "parse_hosts", "parse_perl_config", "read_hosts",
     "read_perl_config", "tunnel_settings",
 ]
@@ -147,7 +147,7 @@ def find_fingerprints(comment):
 
 
 @frozen
-class TunnelSettings:
+class AuthorizedHost:
     """What the tunnel server needs to know about one authorized host."""
 
     host: str
@@ -260,7 +260,7 @@ def tunnel_settings(conf_dir, host):
     """
     host = _checked_host(host)
     path, config = _load_host_config(conf_dir, host)
-    return TunnelSettings(host, path, _fingerprints(host, path, config),
+    return AuthorizedHost(host, path, _fingerprints(host, path, config),
                           _port(host, path, config))
 
 
@@ -304,4 +304,4 @@ def authorize(conf_dir, common_name, cert_sha256, *, read_hosts_file=None, read_
     if not any(matches):
         raise FingerprintMismatch(host, f"the certificate does not match TunnelCert "
                                         f"in {path.name}")
-    return TunnelSettings(host, path, fingerprints, _port(host, path, config))
+    return AuthorizedHost(host, path, fingerprints, _port(host, path, config))

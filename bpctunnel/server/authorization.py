@@ -15,7 +15,7 @@ import attrs
 from twisted.logger import Logger
 
 from bpctunnel.backuppc.filecache import FileCache
-from bpctunnel.backuppc.hosts import TunnelSettings, authorize, read_hosts, read_perl_config
+from bpctunnel.backuppc.hosts import AuthorizedHost, authorize, read_hosts, read_perl_config
 from bpctunnel.errors import BpcTunnelError, Refused
 from bpctunnel.wire import framing
 
@@ -38,7 +38,7 @@ class HostAuthorization:
         self._read_hosts = FileCache(read_hosts)
         self._read_config = FileCache(read_perl_config)
 
-    def authorize(self, common_name: str, fingerprint: str) -> TunnelSettings:
+    def authorize(self, common_name: str, fingerprint: str) -> AuthorizedHost:
         """
         The host a certificate may tunnel for, and its port.
 
@@ -48,7 +48,7 @@ class HostAuthorization:
         return authorize(self.backuppc_conf, common_name, fingerprint,
                          read_hosts_file=self._read_hosts, read_config=self._read_config)
 
-    def recheck(self, held: TunnelSettings, common_name: str,
+    def recheck(self, held: AuthorizedHost, common_name: str,
                 fingerprint: str) -> Revocation | None:
         """
         Ask again about the certificate of a tunnel that holds C{held}:

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 from zope.interface import Interface
 
-from bpctunnel.backuppc.hosts import TunnelSettings
+from bpctunnel.backuppc.hosts import AuthorizedHost
 from bpctunnel.errors import AlreadyConnected, PortUnavailable, ProtocolError, Refused, UnknownHost
 from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.refusals import Refusal
@@ -72,7 +72,7 @@ class TunnelSession:
     log = Logger()
 
     host: str | None = None
-    settings: TunnelSettings | None = None
+    settings: AuthorizedHost | None = None
     mux: Multiplexer | None = None
     listening_port: IListeningPort | None = None
     peer_address: str = ""
