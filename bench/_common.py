@@ -56,12 +56,12 @@ class Tunnel:
         self.server = twistd("bpctunnel-server", [
             "--listen", "127.0.0.1:0", "--certs", self.sandbox.certs_dir,
             "--backuppc-conf", self.sandbox.conf_dir,
-            "--api-listen", "tcp:0:interface=127.0.0.1", *extra, *server_args],
+            "--api-socket", str(work / "api.sock"), *extra, *server_args],
             work / "server.log")
         wss = self.server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(BackupPC")
-        api = self.server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(status API")
+        self.server.wait_for(r"\(status API")
         self.url = f"wss://127.0.0.1:{wss.group(1)}/tunnel"
-        self.api_url = f"http://127.0.0.1:{api.group(1)}"
+        self.api_url = f"unix:{work / 'api.sock'}"
         settings = {"keepalive": keepalive} if keepalive else {}
         conf = self.sandbox.write_client_config(files, self.url, modules, rsync=str(rsync),
                                                 **settings)

@@ -135,7 +135,7 @@ async def until(predicate, timeout: float, what: str, step: float = 0.02) -> flo
 
 def server_argv(sandbox: Sandbox, listen: str) -> list:
     return ["--listen", listen, "--certs", sandbox.certs_dir, "--backuppc-conf", sandbox.conf_dir,
-            "--api-listen", "none"]
+            "--api-listen", "none", "--api-socket", "none"]
 
 
 def summarize(events, since: float, until_: float | None = None) -> str:

@@ -15,7 +15,6 @@ throughput.py.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     MB, PROJECT_ROOT, BenchError, Report, Tunnel, arguments, main_wrapper, project_env,
     standin_wrapper, work_dir)
+from bpctunnel.admin.api_client import api_connection  # noqa: E402
 
 ENDLESS = 10**15
 
@@ -83,9 +83,8 @@ class Pinger:
     """One ping through the tunnel per call, via the server's status API."""
 
     def __init__(self, api_url: str, host: str):
-        address = api_url.split("//", 1)[1]
-        self.conn = http.client.HTTPConnection(*address.split(":"), timeout=30)
-        self.path = f"/api/v1/tunnels/{host}/ping?count=1&timeout=10"
+        self.conn, prefix = api_connection(api_url, 30)
+        self.path = f"{prefix}/api/v1/tunnels/{host}/ping?count=1&timeout=10"
 
     def __call__(self) -> float | None:
         self.conn.request("POST", self.path)

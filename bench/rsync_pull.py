@@ -62,10 +62,12 @@ def tree_size(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def pull(port: int, dest: Path) -> float:
+def pull(port: int, dest: Path, sandbox) -> float:
+    """One rsync pull, with the host's secret where the daemon behind C{port} asks for it."""
     started = time.perf_counter()
-    done = subprocess.run([RSYNC, "-a", f"rsync://127.0.0.1:{port}/tree/", f"{dest}/"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = subprocess.run([RSYNC, "-a", sandbox.rsync_url(port, "tree/"), f"{dest}/"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=sandbox.rsync_env(port, dict(os.environ)))
     if done.returncode != 0:
         raise BenchError(f"rsync from port {port} exited {done.returncode}: {done.stdout[-2000:]}")
     return time.perf_counter() - started
@@ -106,7 +108,7 @@ def run() -> None:
             before = cpu_of([tunnel.server.pid]), cpu_of([tunnel.client.pid])
             spy = Profiler(args.profile if name == "bpctunnel" else None, f"rsync-{round_}",
                            {"server": tunnel.server.pid, "client": tunnel.client.pid})
-            full = pull(port, dest)
+            full = pull(port, dest, tunnel.sandbox)
             spy.stop()
             if name == "bpctunnel":
                 cpu.append((cpu_of([tunnel.server.pid]) - before[0],
@@ -114,7 +116,7 @@ def run() -> None:
             got = tree_size(dest)
             if got != expected:
                 raise BenchError(f"{name}: pulled {got} (files, bytes), expected {expected}")
-            unchanged = pull(port, dest)
+            unchanged = pull(port, dest, tunnel.sandbox)
             times.setdefault((name, "full"), []).append(full)
             times.setdefault((name, "unchanged"), []).append(unchanged)
             print(f"  round {round_ + 1} {name:<22} full {full:6.2f} s, unchanged "

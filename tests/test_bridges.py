@@ -164,6 +164,14 @@ class RsyncBridgeTests(SynchronousTestCase):
         self.assertIsNone(self.backuppc.aborted)
         self.assertTrue(self.socket.disconnecting)
 
+    def test_eof_after_the_socket_is_gone(self):
+        """BackupPC's EOF arriving after rsync's socket closed touches no closed socket."""
+        self.end.connectionLost(Failure(ConnectionDone()))
+        self.rsync.write_eof()
+        self.rsync.close()
+        self.assertFalse(self.socket.write_closed)
+        self.assertFalse(self.socket.disconnecting)
+
     def test_killed_by_signal_aborts(self):
         """rsync dying on a signal fails the channel: BackupPC's socket is aborted."""
         self.rsync.processEnded(Failure(ProcessTerminated(signal=11)))

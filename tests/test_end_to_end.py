@@ -78,8 +78,8 @@ class TunnelTestCase(TestCase):
     def pull_and_compare(self, port, module, source):
         """rsync -a the module into a new folder; assert it equals C{source}."""
         dest = temp_dir(self)
-        out, err, code = yield rsync_pull(reactor, self.rsync, port, module, dest).addTimeout(
-            TIMEOUT, reactor)
+        out, err, code = yield rsync_pull(reactor, self.rsync, port, module, dest,
+                                          self.sandbox.auth_for(port)).addTimeout(TIMEOUT, reactor)
         self.assertEqual(code, 0, err.decode(errors="replace"))
         want = yield deferToThread(tree_digest, source)
         got = yield deferToThread(tree_digest, dest)
@@ -132,12 +132,14 @@ class RootClientTests(TunnelTestCase):
                         f" uid = nobody\n gid = nogroup\n")
         lines = yield log_daemon_identity(reactor, self.rsync, conf, euid=0)
         self.assertRegex(lines[0], r"^rsync \d+\.\d+\.\d+\S* \(protocol \d+\) at ")
-        self.assertEqual(lines[1:], ["module documents reads files as root",
-                                     "module music reads files as nobody:nogroup"])
+        # (An rsync older than 3.4.0 gets a warning line of its own.)
+        modules = [line for line in lines if line.startswith("module ")]
+        self.assertEqual(modules, ["module documents reads files as root",
+                                   "module music reads files as nobody:nogroup"])
         lines = yield log_daemon_identity(reactor, self.rsync, conf, euid=os.getuid() or 65534)
         user = pwd.getpwuid(os.getuid() or 65534).pw_name
-        self.assertEqual(lines[1:], [f"module documents reads files as {user}",
-                                     f"module music reads files as {user}"])
+        self.assertEqual(lines[-2:], [f"module documents reads files as {user}",
+                                      f"module music reads files as {user}"])
 
 
 class TransferTests(TunnelTestCase):

@@ -394,11 +394,12 @@ class HostileInputTests(TunnelTestCase):
         files = self.sandbox.issue_client("laptop1")
         config = self.sandbox.register("laptop1", free_port(), files.fingerprint)
         config.write_text(config.read_text() + "this is { not perl ]]]\n")
+        bad_line = len(config.read_text().splitlines())
         client, _, _ = self.add_client("laptop1", {"m": self.root}, register=False, files=files)
         detail = yield client.events.next("closed").addTimeout(TIMEOUT, reactor)
         yield client.stop()
-        expected = (f"host config error for laptop1: {config}, line 7: ] does not close the "
-                    f"{{ opened on line 7")
+        expected = (f"host config error for laptop1: {config}, line {bad_line}: ] does not close "
+                    f"the {{ opened on line {bad_line}")
         self.assertTrue(detail.startswith(expected), detail)
         line = yield self.logs.wait_for("refused laptop1 from 127.0.0.1:")
         self.assertIn(expected, line)

@@ -199,7 +199,7 @@ class ProxyProtocolTests(TestCase):
         self.logs = LogCapture(self)
         self.sandbox = Sandbox.create(temp_dir(self))
         options = server_service.Options()
-        options.parseOptions([*listen, "--api-listen", "none", "--certs",
+        options.parseOptions([*listen, "--api-listen", "none", "--api-socket", "none", "--certs",
                               str(self.sandbox.certs_dir), "--backuppc-conf",
                               str(self.sandbox.conf_dir)])
         top = server_service.makeService(options, reactor)
@@ -260,7 +260,7 @@ class SocketActivationTests(TestCase):
         argv = ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "sh",
                 sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=", "--logfile=-", "bpctunnel-server",
-                "--listen", "systemd:domain=INET:index=0", "--api-listen", "none",
+                "--listen", "systemd:domain=INET:index=0", "--api-listen", "none", "--api-socket", "none",
                 "--certs", str(sandbox.certs_dir), "--backuppc-conf", str(sandbox.conf_dir)]
         server = RunningProcess()
         reactor.spawnProcess(server, argv[0], argv, env=env,

@@ -95,8 +95,8 @@ class StartupErrorTests(TestCase):
         self.assertEqual(options["pidfile"], "/run/x.pid")
 
     def server(self, *extra):
-        return ["bpctunnel-server", "--listen", "127.0.0.1:0", "--api-listen",
-                "tcp:0:interface=127.0.0.1", "--certs", str(self.sandbox.certs_dir),
+        return ["bpctunnel-server", "--listen", "127.0.0.1:0", "--api-socket",
+                str(self.sandbox.root / "api.sock"), "--certs", str(self.sandbox.certs_dir),
                 "--backuppc-conf", str(self.sandbox.conf_dir), *extra]
 
     def test_missing_ca(self):
@@ -154,7 +154,7 @@ class TwistdEndToEndTests(TestCase):
         port = free_port()
         sandbox.register("laptop1", port, files.fingerprint)
         server = twistd(self, "bpctunnel-server", "--listen", "127.0.0.1:0",
-                        "--api-listen", "tcp:0:interface=127.0.0.1",
+                        "--api-socket", str(root / "api.sock"),
                         "--certs", str(sandbox.certs_dir), "--backuppc-conf", str(sandbox.conf_dir))
         text = yield server.wait_for("bpctunnel server listening on")
         server_port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
@@ -167,7 +167,8 @@ class TwistdEndToEndTests(TestCase):
         yield server.wait_for(f"tunnel up for laptop1 from 127.0.0.1:")
 
         dest = temp_dir(self)
-        out, err, code = yield rsync_pull(reactor, rsync, port, "docs", dest).addTimeout(TIMEOUT, reactor)
+        out, err, code = yield rsync_pull(reactor, rsync, port, "docs", dest,
+                                          sandbox.auth_for(port)).addTimeout(TIMEOUT, reactor)
         self.assertEqual(code, 0, err)
         want = yield deferToThread(tree_digest, source)
         got = yield deferToThread(tree_digest, dest)

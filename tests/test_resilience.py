@@ -59,8 +59,8 @@ class DeadPeerTests(TunnelTestCase):
         from twisted.internet.utils import getProcessOutputAndValue
 
         pull = getProcessOutputAndValue(
-            self.rsync, ["-a", "--bwlimit=2000", f"rsync://127.0.0.1:{port}/docs/", f"{dest}/"],
-            env={}, reactor=reactor)
+            self.rsync, ["-a", "--bwlimit=2000", self.sandbox.rsync_url(port, "docs/"), f"{dest}/"],
+            env=self.sandbox.rsync_env(port), reactor=reactor)
         yield self.logs.wait_for("channel 2 opened for laptop1")  # the pull is under way
         down = self.server_down("laptop1")
         yield client.stop("KILL")
@@ -269,8 +269,9 @@ class NoStarvationTests(TunnelTestCase):
 
         dest = temp_dir(self)
         frozen = Pull()
-        reactor.spawnProcess(frozen, self.rsync, [self.rsync, "-a", f"rsync://127.0.0.1:{port}/big/",
-                                                  f"{dest}/"], env={})
+        reactor.spawnProcess(frozen, self.rsync, [self.rsync, "-a",
+                                                  self.sandbox.rsync_url(port, "big/"), f"{dest}/"],
+                             env=self.sandbox.rsync_env(port))
         channel = yield flowing.addTimeout(TIMEOUT, reactor)
         # rsync's receiver is a child of the process we started: stop both,
         # or the receiver keeps reading and the "frozen" pull completes.

@@ -5,14 +5,16 @@ C{revoke}).  A short-lived command, so plain blocking HTTP is fine here.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
-import urllib.error
-import urllib.request
+import socket
+from urllib.parse import urlsplit
 
 from bpctunnel.errors import BpcTunnelError, ConfigError
 
-DEFAULT_API = "http://127.0.0.1:8444"
+#: Where the server's API listens by default (its --api-socket).
+DEFAULT_API = "unix:/run/bpctunnel/api.sock"
 
 
 class ApiError(BpcTunnelError):
@@ -39,24 +41,53 @@ def api_token(token_file: str | None) -> str | None:
     return os.environ.get("BPCTUNNEL_API_TOKEN") or None
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over the server's Unix socket (C{unix:PATH})."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def api_connection(base: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to the API at C{base} (C{unix:PATH} or C{http://HOST:PORT}) and its path prefix."""
+    if base.startswith("unix:"):
+        return _UnixConnection(base[len("unix:"):], timeout), ""
+    url = urlsplit(base)
+    if url.scheme != "http" or not url.hostname:
+        raise ApiError(f"--api {base}: give unix:PATH or http://HOST:PORT")
+    return http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout), \
+        url.path.rstrip("/")
+
+
 def call(method: str, base: str, path: str, token: str | None = None, timeout: float = 30):
     """One API request; returns the decoded JSON answer."""
-    request = urllib.request.Request(base.rstrip("/") + path, method=method)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    connection, prefix = api_connection(base, timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
+        connection.request(method, prefix + path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as e:
+        hint = ("is the server running, and may this user use its socket?"
+                if base.startswith("unix:") else
+                "is the server running, and is --api-listen where --api points?")
+        raise ApiError(f"cannot reach the bpctunnel server's API at {base} "
+                       f"({e.strerror or e}); {hint}") from None
+    finally:
+        connection.close()
+    if response.status >= 400:
         try:
-            message = json.loads(e.read()).get("error", e.reason)
+            message = json.loads(body).get("error", response.reason)
         except ValueError:
-            message = e.reason
-        raise (NotFound if e.code == 404 else ApiError)(message) from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ApiError(f"cannot reach the bpctunnel server's API at {base} ({reason}); is the "
-                       f"server running, and is --api-listen where --api points?") from None
+            message = response.reason
+        raise (NotFound if response.status == 404 else ApiError)(message)
+    return json.loads(body)
 
 
 def ping_lines(answer: dict) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from twisted.python import usage
 
 import bpctunnel
+from bpctunnel.admin.api_client import DEFAULT_API
 from bpctunnel.errors import BpcTunnelError
 
 
@@ -56,7 +57,8 @@ class _Paths(_Command):
 
 class _Api(_Command):
     optParameters = [
-        ["api", "a", "http://127.0.0.1:8444", "The server's status API (its --api-listen)."],
+        ["api", "a", DEFAULT_API, "The server's status API: unix:PATH (its --api-socket) or "
+                                  "http://HOST:PORT (its --api-listen, with a token)."],
         ["api-token-file", None, None, "File with the API token (or set BPCTUNNEL_API_TOKEN)."],
     ]
 

@@ -91,8 +91,10 @@ async def run_demo(reactor, out=sys.stdout, keep: bool = False) -> int:
 
         dest = root / "backuppc-copy"
         dest.mkdir()
-        say(f"5. rsync -a rsync://127.0.0.1:{port}/documents/ {dest}/")
-        stdout, stderr, code = await rsync_pull(reactor, rsync, port, "documents", dest).addTimeout(
+        say(f"5. rsync -a {sandbox.rsync_url(port, 'documents/')} {dest}/ (with {HOST}'s "
+            f"rsync secret, as BackupPC sends it)")
+        stdout, stderr, code = await rsync_pull(reactor, rsync, port, "documents", dest,
+                                                sandbox.auth_for(port)).addTimeout(
             TIMEOUT, reactor)
         if code != 0:
             raise DemoFailed(f"rsync exited with status {code}: {stderr.decode(errors='replace')}")

@@ -129,6 +129,7 @@ class RsyncSocketProtocol(Protocol):
         pass
 
     def connectionLost(self, reason=None) -> None:
+        self.bridge.socket_lost = True
         self.bridge.socket_ended()
 
 
@@ -161,6 +162,8 @@ class RsyncProcessProtocol(ProcessProtocol):
         self.socket = None
         self.ended = False
         self._socket_ended = False
+        #: Our end of the socket is closed: nothing more can be written to it.
+        self.socket_lost = False
         self._reason = None
         self._finished = False
         self.exit_code: int | None = None
@@ -298,10 +301,12 @@ class RsyncProcessProtocol(ProcessProtocol):
         return self._greeting.module
 
     def write_eof(self) -> None:
-        release_and_close(self.socket, half=True)
+        if not self.socket_lost:     # rsync may be gone before BackupPC's EOF arrives
+            release_and_close(self.socket, half=True)
 
     def close(self) -> None:
-        release_and_close(self.socket)
+        if not self.socket_lost:
+            release_and_close(self.socket)
         if not self.ended:
             self._kill_call = self.clock.callLater(KILL_GRACE, self._kill)
 

@@ -7,8 +7,13 @@ The server's status API and metrics, served by C{twisted.web}.
     POST   /api/v1/tunnels/HOST/ping    round trips through the tunnel (?count=3)
     GET    /metrics                     Prometheus text
 
-Answers and errors are JSON (C{{"error": "..."}}).  Bound to loopback by
-default; bound elsewhere, every request needs C{Authorization: Bearer TOKEN}.
+Answers and errors are JSON (C{{"error": "..."}}).
+
+Who may ask what: on the server's Unix socket (C{--api-socket}, mode 660,
+BackupPC's group) the socket's permissions let in root and BackupPC's user;
+dropping a tunnel (C{DELETE}) is for root alone, by the peer's uid
+(C{SO_PEERCRED}).  On TCP (C{--api-listen}) every request needs
+C{Authorization: Bearer TOKEN}.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import datetime
 import hmac
 import json
 import math
+import socket
+import struct
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -61,6 +69,21 @@ def rtt_summary(rtts_ms: list[float]) -> dict:
     avg = sum(rtts_ms) / len(rtts_ms)
     mdev = math.sqrt(sum(r * r for r in rtts_ms) / len(rtts_ms) - avg * avg) if rtts_ms else 0.0
     return {"min": min(rtts_ms), "avg": avg, "max": max(rtts_ms), "mdev": mdev}
+
+
+def peer_uid(request) -> int | None:
+    """The uid of the process that sent C{request} over a Unix socket; None over TCP."""
+    if not isinstance(request.getHost(), UNIXAddress):
+        return None
+    handle = request.channel.transport.getHandle()
+    credentials = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", credentials)[1]
+
+
+def may_administer(request) -> bool:
+    """Root on the Unix socket; anyone the TCP listener let in (its token)."""
+    uid = peer_uid(request)
+    return uid is None or uid == 0
 
 
 def _json(request, status: int, body) -> bytes:
@@ -121,6 +144,10 @@ class TunnelResource(_Api):
         return _json(request, 200, tunnel_info(tunnel))
 
     def render_DELETE(self, request) -> bytes:
+        if not may_administer(request):
+            self.log.warn("refused to drop the tunnel of {client_name} for uid {uid}: only root "
+                          "may", client_name=self.host, uid=peer_uid(request))
+            return _json(request, 403, {"error": "only root may drop a tunnel"})
         tunnel = self.live(self.host)
         if tunnel is None:
             return self.not_found(request, self.host)

@@ -26,6 +26,7 @@ from bpctunnel.server.backup_requests import BackupDesk
 from bpctunnel.server.handshake_refusals import HandshakeRefusals
 from bpctunnel.server.metrics import ServerMetrics
 from bpctunnel.server.settings import ServerSettings
+from bpctunnel.server.backuppc_port import LocalUsers
 from bpctunnel.server.tunnels import TunnelRegistry
 
 
@@ -54,6 +55,8 @@ class ServerState:
         self._reactor = reactor
         self.settings = settings
         self.tunnels = TunnelRegistry(settings.probe_timeout)
+        #: Who may connect to a laptop's port.
+        self.local_users = LocalUsers(settings.local_uids)
         self.metrics = ServerMetrics(self.tunnels)
         self.listen_local = listen_local or self._listen_tcp
         self.handshakes = HandshakeLimit(reactor, settings.max_unauthenticated,

@@ -4,11 +4,14 @@ twistd plugin for the tunnel server: C{twistd -n bpctunnel-server [options]}.
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -16,7 +19,7 @@ from zope.interface import implementer
 
 from bpctunnel.transport.allocator import keep_bulk_buffers
 from bpctunnel.backuppc.server_mesg import DEFAULT_SERVER_MESG, BackupRequest, BackupTrigger
-from bpctunnel.backuppc.hosts import read_hosts
+from bpctunnel.backuppc.hosts import read_hosts, read_perl_config
 from bpctunnel.errors import BpcTunnelError, ConfigError
 from bpctunnel.transport.listen_address import listen_description
 from bpctunnel.server.endpoints import plain_endpoint, tunnel_endpoint
@@ -83,7 +86,13 @@ class Options(PluginOptions):
          "Command for BackupPC_serverMesg (may start with 'sudo -u backuppc')."],
         ["backup-user", None, "bpctunnel", "User name BackupPC records for backups we request."],
         ["backup-type", None, "-1", "-1: whatever BackupPC finds due; 0: incremental; 1: full."],
-        ["api-listen", None, "tcp:8444:interface=127.0.0.1",
+        ["local-users", None, "backuppc",
+         "Who may connect to a laptop's port on 127.0.0.1: 'backuppc' (root and BackupPC's "
+         "user, $Conf{BackupPCUser}; others are cut off and logged), or 'any'."],
+        ["api-socket", None, "/run/bpctunnel/api.sock",
+         "Unix socket for the status API (mode 660, BackupPC's group: root and BackupPC's "
+         "user may use it; only root may drop tunnels), or none."],
+        ["api-listen", None, "none",
          "Endpoint of the status API and /metrics; 'none' disables it."],
         ["api-token-file", None, None, "File holding the API's bearer token (required when the "
                                        "API listens beyond loopback)."],
@@ -104,8 +113,13 @@ class Options(PluginOptions):
                 max_connection_time=self["max-connection-time"],
                 probe_timeout=self["probe-timeout"], max_channels=self["max-channels"],
                 handshake_timeout=self["handshake-timeout"],
-                max_handshakes=self["max-handshakes"])
+                max_handshakes=self["max-handshakes"],
+                local_uids=local_uids(self["local-users"], conf))
             self["api_token"] = None
+            if self["api-socket"] != "none":
+                api_socket_folder(Path(self["api-socket"]))
+                account = backuppc_account(conf)
+                self["api_group"] = account.pw_gid if account else None
             if self["api-listen"] != "none":
                 if self["api-token-file"]:
                     self["api_token"] = read_api_token(self["api-token-file"])
@@ -116,6 +130,66 @@ class Options(PluginOptions):
             raise usage.UsageError(str(e)) from None
         except ValueError as e:
             raise usage.UsageError(f"bad option value: {e}") from None
+
+
+def backuppc_account(conf: Path) -> pwd.struct_passwd | None:
+    """The account BackupPC runs as (C{$Conf{BackupPCUser}}, else backuppc), if it exists."""
+    try:
+        user = read_perl_config(conf / "config.pl").get("BackupPCUser")
+    except ConfigError:
+        user = None
+    try:
+        return pwd.getpwnam(user if isinstance(user, str) and user else "backuppc")
+    except KeyError:
+        return None
+
+
+def local_uids(choice: str, conf: Path) -> frozenset[int] | None:
+    """
+    C{--local-users}: C{any} (None), or C{backuppc}, root and the user
+    BackupPC runs as (C{$Conf{BackupPCUser}} in config.pl, else backuppc).
+    """
+    if choice == "any":
+        return None
+    if choice != "backuppc":
+        raise ConfigError(f"--local-users {choice!r}: say 'backuppc' or 'any'")
+    account = backuppc_account(conf)
+    if account is None:
+        raise ConfigError("BackupPC's user ($Conf{BackupPCUser}) does not exist on this "
+                          "machine, so only root could reach a laptop's port; fix config.pl, "
+                          "or pass --local-users any")
+    return frozenset({0, account.pw_uid})
+
+
+@implementer(IStreamServerEndpoint)
+class ApiSocketEndpoint:
+    """
+    The API's Unix socket: mode 660, in the group of BackupPC's user, so that
+    root and BackupPC (its PingCmd and DumpPostUserCmd) may use it and other
+    local users may not.  A socket left by a server that died is replaced.
+    """
+
+    def __init__(self, reactor, path: Path, group: int | None):
+        self.reactor, self.path, self.group = reactor, path, group
+
+    def listen(self, factory) -> Deferred:
+        endpoint = UNIXServerEndpoint(self.reactor, str(self.path), mode=0o660, wantPID=True)
+
+        def owned(port):
+            if self.group is not None:
+                os.chown(self.path, -1, self.group)
+            return port
+
+        return endpoint.listen(factory).addCallback(owned)
+
+
+def api_socket_folder(path: Path) -> None:
+    """Make the folder of C{--api-socket} if it is missing (systemd makes /run/bpctunnel)."""
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {path.parent} for --api-socket: {e.strerror}; create "
+                          f"it, or pass --api-socket none") from None
 
 
 def read_api_token(token_file: str) -> str:
@@ -136,14 +210,15 @@ def read_api_token(token_file: str) -> str:
 
 def require_api_token(listen: str, token: str | None) -> None:
     """
-    The API must have a token unless it listens on loopback only.
+    The API on TCP needs a token: every local user can reach even a loopback
+    port (the Unix socket, C{--api-socket}, is for local use).
 
-    @raise ConfigError: it listens beyond loopback without one.
+    @raise ConfigError: it listens on TCP without one.
     """
-    loopback = any(f"interface={a}" in listen for a in ("127.", "localhost", r"\:\:1", "::1"))
-    if not loopback and token is None:
-        raise ConfigError(f"--api-listen {listen} is not loopback-only; give --api-token-file "
-                          f"so that only admins can use the API")
+    if token is None:
+        raise ConfigError(f"--api-listen {listen} needs --api-token-file: anyone who can reach "
+                          f"the port, every local user included, could otherwise drop tunnels "
+                          f"(local tools use the Unix socket, --api-socket)")
 
 
 @implementer(IStreamServerEndpoint)
@@ -164,8 +239,13 @@ class LoggingEndpoint:
 
     def _listening(self, port):
         address = port.getHost()
-        self.log.info("bpctunnel server listening on {host}:{port} ({description})",
-                      host=address.host, port=address.port, description=self.description)
+        if hasattr(address, "port"):
+            self.log.info("bpctunnel server listening on {host}:{port} ({description})",
+                          host=address.host, port=address.port, description=self.description)
+        else:
+            name = address.name.decode() if isinstance(address.name, bytes) else address.name
+            self.log.info("bpctunnel server listening on {path} ({description})",
+                          path=name, description=self.description)
         return port
 
 
@@ -184,6 +264,10 @@ def makeService(options: Options, reactor=None):
     top = MultiService()
     StreamServerEndpointService(LoggingEndpoint(endpoint, f"BackupPC config in {conf}"),
                                 factory).setServiceParent(top)
+    if options["api-socket"] != "none":
+        api = ApiSocketEndpoint(reactor, Path(options["api-socket"]), options["api_group"])
+        StreamServerEndpointService(LoggingEndpoint(api, "status API and /metrics"),
+                                    make_api_site(factory)).setServiceParent(top)
     if options["api-listen"] != "none":
         api = serverFromString(reactor, options["api-listen"])
         StreamServerEndpointService(LoggingEndpoint(api, "status API and /metrics"),

@@ -175,7 +175,7 @@ class TunnelSession:
         self.host, self.settings = settings.host, settings
         d = self.server.tunnels.claim(settings.host, self.link)
         d.addCallback(lambda _: self.server.listen_local(settings.port,
-                                                         LocalListenerFactory(self)))
+                                                         LocalListenerFactory(self, self.server.local_users)))
         d.addCallbacks(self._listening, self._listen_failed)
         if self.role == "backup-now":
             d.addErrback(self._watch)

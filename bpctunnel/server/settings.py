@@ -32,6 +32,9 @@ class ServerSettings:
         retry with backoff.  A fleet reconnecting after a server restart then
         gets through at the server's full speed, instead of every handshake
         slowing down until they all time out.
+    @ivar local_uids: the local users (uids) who may connect to a laptop's
+        port, by the connecting socket's owner; None: any local user (the
+        host's rsync secret is then the only wall).
     """
 
     backuppc_conf: Path = attrs.field(converter=Path)
@@ -46,3 +49,5 @@ class ServerSettings:
     #: Seconds from TCP accept to a finished WebSocket opening handshake (TLS included).
     handshake_timeout: float = attrs.field(default=30.0, validator=[instance_of(float), ge(0.1)])
     max_handshakes: int = attrs.field(default=1024, validator=[instance_of(int), ge(1)])
+    local_uids: frozenset[int] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(frozenset))

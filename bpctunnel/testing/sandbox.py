@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from bpctunnel import pki
 from bpctunnel.client.protocol import TunnelClientFactory, make_client_service
 from bpctunnel.client.config import ClientConfig, load_client_config
+from bpctunnel.client.rsync_auth import RsyncAuth
 from bpctunnel.server.endpoints import tunnel_endpoint
 from bpctunnel.server.protocol import ServerSettings, TunnelServerFactory
 from bpctunnel.server.api import make_api_site
@@ -26,9 +27,6 @@ from bpctunnel.transport.tls import server_tls_options
 
 HOSTS_HEADER = "host        dhcp    user    moreUsers\n"
 
-#: BackupPC's rsyncd transfer refuses an empty RsyncdPasswd even when the
-#: daemon asks for none; the tunnel's TLS does the authentication.
-RSYNCD_PASSWD_PLACEHOLDER = "unused-bpctunnel-authenticates-with-tls"
 
 
 def free_port() -> int:
@@ -38,12 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def host_config_text(fingerprint: str | None, port: int | None, shares=("docs",)) -> str:
+def host_config_text(fingerprint: str | None, port: int | None, shares=("docs",),
+                     auth: RsyncAuth | None = None) -> str:
     """A host config as C{register-client} writes it."""
+    auth = auth or RsyncAuth.generate()
     lines = [
         "$Conf{XferMethod} = 'rsyncd';",
         "$Conf{ClientNameAlias} = ['127.0.0.1'];",
-        f"$Conf{{RsyncdPasswd}} = '{RSYNCD_PASSWD_PLACEHOLDER}';",
+        f"$Conf{{RsyncdUserName}} = '{auth.user}';",
+        f"$Conf{{RsyncdPasswd}} = '{auth.secret}';",
         "$Conf{RsyncShareName} = [" + ", ".join(f"'{s}'" for s in shares) + "];",
     ]
     if port is not None:
@@ -84,6 +85,10 @@ class Sandbox:
     root: Path
     ca: pki.CertAndKey
     server_name: str = "127.0.0.1"
+    #: Each registered host's rsync secret, by host name.
+    auths: dict = attrs.field(factory=dict)
+    #: The host registered on each port.
+    hosts_by_port: dict = attrs.field(factory=dict)
 
     @property
     def certs_dir(self) -> Path:
@@ -134,8 +139,25 @@ class Sandbox:
             with (self.conf_dir / "hosts").open("a") as f:
                 f.write(f"{host}   0       backuppc\n")
         path = self.conf_dir / f"{host}.pl"
-        path.write_text(host_config_text(fingerprint, port, shares))
+        auth = self.auths.setdefault(host, RsyncAuth.generate())
+        path.write_text(host_config_text(fingerprint, port, shares, auth))
+        if port is not None:
+            self.hosts_by_port[port] = host
         return path
+
+    def auth_for(self, port: int) -> RsyncAuth | None:
+        """The rsync secret BackupPC sends to the laptop behind C{port}."""
+        return self.auths.get(self.hosts_by_port.get(port))
+
+    def rsync_url(self, port: int, path: str = "") -> str:
+        """C{rsync://USER@127.0.0.1:PORT/PATH}, as BackupPC names the laptop behind C{port}."""
+        auth = self.auth_for(port)
+        return f"rsync://{auth.user + '@' if auth else ''}127.0.0.1:{port}/{path}"
+
+    def rsync_env(self, port: int, env: dict | None = None) -> dict:
+        """C{env} plus the secret (C{RSYNC_PASSWORD}) of the laptop behind C{port}."""
+        auth = self.auth_for(port)
+        return {**(env or {}), **({"RSYNC_PASSWORD": auth.secret} if auth else {})}
 
     def write_client_config(self, files: ClientFiles, server_url: str,
                             modules: dict[str, Path], rsync: str = "rsync",
@@ -146,6 +168,10 @@ class Sandbox:
         """
         folder = files.cert.parent
         (folder / "rsyncd.conf").write_text(rsyncd_conf_text(modules, writable))
+        auth = self.auths.get(files.host)
+        if auth is not None and "rsync_secrets" not in settings:
+            pki.write_private(folder / "rsyncd.secrets", auth.secrets_line())
+            settings = {"rsync_secrets": "rsyncd.secrets", **settings}
         path = folder / f"{files.host}.conf"
         path.write_text(
             "[bpctunnel]\n"
