@@ -19,6 +19,7 @@ from bpctunnel.errors import ConfigError, ProtocolError
 from bpctunnel.transport.http_connect import HTTPConnectEndpoint
 from bpctunnel.wire.mux import Channel, Multiplexer
 from bpctunnel.refusals import Refusal, advice_for
+from bpctunnel.wire.peer_text import peer_text, peer_values
 from bpctunnel.client.retry import RetryPolicy, TunnelNotOpened, TunnelService
 from bpctunnel.client.rsync_daemon import RsyncLauncher, log_daemon_identity
 from bpctunnel.client.rsyncd_conf import read_rsyncd_conf
@@ -163,6 +164,9 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
         self._opened(True)
 
     def _control(self, body: dict) -> None:
+        # Everything the server says reaches our log and terminal: one line,
+        # control characters escaped, bounded.
+        body = peer_values(body)
         if body.get("type") == "backup-done":
             ok = bool(body.get("ok"))
             detail = str(body.get("detail") or "")
@@ -197,6 +201,7 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
             self.sendClose(code=framing.WS_CLOSE_PROTOCOL_ERROR, reason=f"protocol error: {e}"[:120])
 
     def onClose(self, wasClean: bool, code, reason) -> None:
+        reason = peer_text(reason, 1000) if reason else reason
         refusal = refusal_from_close_reason(reason)
         if refusal is None and code == framing.WS_CLOSE_REVOKED and reason:
             refusal = (403, reason)
