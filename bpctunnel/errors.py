@@ -72,6 +72,12 @@ class HostConfigInvalid(Refused):
     refusal = Refusal.HOST_CONFIG_ERROR
 
 
+class PortShared(Refused):
+    """Another host in BackupPC's config has the same RsyncdClientPort."""
+
+    refusal = Refusal.PORT_SHARED
+
+
 class AlreadyConnected(Refused):
     """The host already has a tunnel open."""
 

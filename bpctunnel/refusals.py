@@ -47,6 +47,10 @@ class Refusal(enum.Enum):
     HOST_CONFIG_ERROR = (
         "host_config_error", "host config error", 403, True,
         "ask the BackupPC admin to fix the host's config on the server")
+    PORT_SHARED = (
+        "port_shared", "port shared", 403, True,
+        "ask the BackupPC admin to give each host its own RsyncdClientPort (bpctunnel check "
+        "names the hosts that share one)")
     ALREADY_CONNECTED = (
         "already_connected", "already connected", 409, False,
         "another client with this certificate is connected; retrying in case it is "

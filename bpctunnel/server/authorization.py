@@ -15,8 +15,15 @@ import attrs
 from twisted.logger import Logger
 
 from bpctunnel.backuppc.filecache import FileCache
-from bpctunnel.backuppc.hosts import AuthorizedHost, authorize, read_hosts, read_perl_config
-from bpctunnel.errors import BpcTunnelError, Refused
+from bpctunnel.backuppc.hosts import (
+    AuthorizedHost,
+    authorize,
+    find_host_config,
+    read_hosts,
+    read_perl_config,
+)
+from bpctunnel.backuppc.layout import config_layout
+from bpctunnel.errors import BpcTunnelError, PortShared, Refused
 from bpctunnel.wire import framing
 
 
@@ -47,6 +54,40 @@ class HostAuthorization:
         """
         return authorize(self.backuppc_conf, common_name, fingerprint,
                          read_hosts_file=self._read_hosts, read_config=self._read_config)
+
+    def authorize_new(self, common_name: str, fingerprint: str) -> AuthorizedHost:
+        """
+        L{authorize}, for a tunnel that is not up yet: also refused if another
+        host of BackupPC's has the same C{RsyncdClientPort}, since a backup
+        of either would then read whichever laptop holds the port.
+
+        @raise PortShared: naming the other host(s).
+        """
+        found = self.authorize(common_name, fingerprint)
+        others = sorted(self.hosts_on_port(found.port) - {found.host})
+        if others:
+            raise PortShared(found.host, f"RsyncdClientPort {found.port} of {found.host} is also "
+                                         f"that of {', '.join(others)} in BackupPC's config: a "
+                                         f"backup of either would read the other's laptop")
+        return found
+
+    def hosts_on_port(self, port: int) -> set[str]:
+        """The hosts of BackupPC's hosts file whose own config sets C{port} (files cached)."""
+        layout = config_layout(self.backuppc_conf)
+        found = set()
+        try:
+            hosts = self._read_hosts(self.backuppc_conf / "hosts")
+        except BpcTunnelError:
+            return found        # reported where the hosts file is read to authorize
+        for host in hosts:
+            try:
+                path = find_host_config(self.backuppc_conf, host, layout)
+                value = self._read_config(path).get("RsyncdClientPort") if path else None
+            except BpcTunnelError:
+                continue
+            if isinstance(value, str) and value.isdigit() and int(value) == port:
+                found.add(host)
+        return found
 
     def recheck(self, held: AuthorizedHost, common_name: str,
                 fingerprint: str) -> Revocation | None:

@@ -22,7 +22,14 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from bpctunnel.backuppc.hosts import AuthorizedHost
-from bpctunnel.errors import AlreadyConnected, PortUnavailable, ProtocolError, Refused, UnknownHost
+from bpctunnel.errors import (
+    AlreadyConnected,
+    PortShared,
+    PortUnavailable,
+    ProtocolError,
+    Refused,
+    UnknownHost,
+)
 from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.refusals import Refusal
 from bpctunnel.server.admission import HandshakeSlot
@@ -171,7 +178,7 @@ class TunnelSession:
             raise UnknownHost("(no certificate)", "no client certificate was presented")
         self.common_name, self.fingerprint = common_name(der), fingerprint_sha256(der)
         self.certificate_expires = not_after(der)
-        settings = self.server.authorization.authorize(self.common_name, self.fingerprint)
+        settings = self.server.authorization.authorize_new(self.common_name, self.fingerprint)
         self.host, self.settings = settings.host, settings
         d = self.server.tunnels.claim(settings.host, self.link)
         d.addCallback(lambda _: self.server.listen_local(settings.port,
@@ -342,6 +349,14 @@ class TunnelSession:
     def may_carry_connection(self) -> bool:
         """Whether BackupPC may open one more connection through this tunnel now."""
         if self.mux is None or self.mux.lost or not self.still_authorized():
+            return False
+        others = sorted(self.server.authorization.hosts_on_port(self.settings.port) - {self.host})
+        if others:
+            # Whose laptop would this connection read?  Neither's, until the admin says.
+            refusal = PortShared(self.host, f"RsyncdClientPort {self.settings.port} of "
+                                            f"{self.host} is now also that of "
+                                            f"{', '.join(others)} in BackupPC's config")
+            self.close_tunnel(framing.WS_CLOSE_REVOKED, str(refusal), log=True)
             return False
         if len(self.mux.channels) >= self.mux.max_channels:
             self.log.warn("refusing a connection to {client_name}: it already carries {count} "
