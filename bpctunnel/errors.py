@@ -72,6 +72,12 @@ class HostConfigInvalid(Refused):
     refusal = Refusal.HOST_CONFIG_ERROR
 
 
+class BadCertificate(Refused):
+    """The client's certificate cannot name a host (no common name, say)."""
+
+    refusal = Refusal.BAD_CERTIFICATE
+
+
 class PortShared(Refused):
     """Another host in BackupPC's config has the same RsyncdClientPort."""
 

@@ -47,6 +47,10 @@ class Refusal(enum.Enum):
     HOST_CONFIG_ERROR = (
         "host_config_error", "host config error", 403, True,
         "ask the BackupPC admin to fix the host's config on the server")
+    BAD_CERTIFICATE = (
+        "bad_certificate", "bad certificate", 403, True,
+        "ask the BackupPC admin for a new bundle (bpctunnel register-client HOST): the "
+        "certificate must name this laptop's BackupPC host as its common name")
     PORT_SHARED = (
         "port_shared", "port shared", 403, True,
         "ask the BackupPC admin to give each host its own RsyncdClientPort (bpctunnel check "

@@ -33,6 +33,10 @@ SERVER_TEXTS = [
      Refusal.FINGERPRINT_MISMATCH),
     ("host config error for laptop1: $Conf{RsyncdClientPort} is missing in laptop1.pl; ...",
      Refusal.HOST_CONFIG_ERROR),
+    ("bad certificate for (no host name): certificate 'O=x' has no common name; issue it with "
+     "CN=<BackupPC host name>", Refusal.BAD_CERTIFICATE),
+    ("port shared for laptop1: RsyncdClientPort 64701 of laptop1 is also that of laptop2 in "
+     "BackupPC's config: a backup of either would read the other's laptop", Refusal.PORT_SHARED),
     ("already connected for laptop1: a tunnel for this host is up and answering; the newer "
      "connection was refused", Refusal.ALREADY_CONNECTED),
     ("port unavailable for laptop1: the server cannot listen on 127.0.0.1:64701 (Couldn't "
@@ -99,6 +103,8 @@ class VocabularyTests(SynchronousTestCase):
             [("UNKNOWN_HOST", "unknown_host", "unknown host", 403, True),
              ("FINGERPRINT_MISMATCH", "fingerprint_mismatch", "fingerprint mismatch", 403, True),
              ("HOST_CONFIG_ERROR", "host_config_error", "host config error", 403, True),
+             ("BAD_CERTIFICATE", "bad_certificate", "bad certificate", 403, True),
+             ("PORT_SHARED", "port_shared", "port shared", 403, True),
              ("ALREADY_CONNECTED", "already_connected", "already connected", 409, False),
              ("PORT_UNAVAILABLE", "port_unavailable", "port unavailable", 503, False),
              ("UNSUPPORTED_PROTOCOL", "unsupported_protocol", "unsupported protocol version",

@@ -12,7 +12,12 @@ adapter itself over a L{StringTransport}, to show that it forwards.
 
 from __future__ import annotations
 
+import datetime
+
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
@@ -181,6 +186,27 @@ class OpenTests(SessionTestCase):
         self.assertTrue(denied.text.startswith("unknown host for stranger: "), denied.text)
         self.assertEqual(self.refusals(Refusal.UNKNOWN_HOST), 1)
         self.assertEqual((self.ports, self.events), ([], []))
+
+    def test_certificate_without_common_name(self):
+        """A CA-signed certificate that names no host: 403 'bad certificate', not a 503."""
+        ca_cert = x509.load_pem_x509_certificate(self.sandbox.ca.cert_pem)
+        ca_key = serialization.load_pem_private_key(self.sandbox.ca.key_pem, None)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        nameless = (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")]))
+                    .issuer_name(ca_cert.subject).public_key(key.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                    .sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        session, _, _ = self.connect()
+        denied = self.denial(self.handshake(session, cert=nameless))
+        self.assertEqual((denied.refusal, denied.http_status), (Refusal.BAD_CERTIFICATE, 403))
+        self.assertIn("has no common name", denied.text)
+        self.assertTrue(denied.text.startswith("bad certificate for (no host name): "),
+                        denied.text)
+        self.assertEqual(self.refusals(Refusal.BAD_CERTIFICATE), 1)
+        self.assertEqual(self.refusals(Refusal.SERVER_CONFIG_ERROR), 0)
 
     def test_wrong_path_refused(self):
         session, _, _ = self.connect()

@@ -24,6 +24,8 @@ from zope.interface import Interface
 from bpctunnel.backuppc.hosts import AuthorizedHost
 from bpctunnel.errors import (
     AlreadyConnected,
+    BadCertificate,
+    CertificateError,
     PortShared,
     PortUnavailable,
     ProtocolError,
@@ -176,13 +178,17 @@ class TunnelSession:
     def _authorize(self, der: bytes | None) -> Deferred:
         if der is None:
             raise UnknownHost("(no certificate)", "no client certificate was presented")
-        self.common_name, self.fingerprint = common_name(der), fingerprint_sha256(der)
+        try:
+            self.common_name = common_name(der)
+        except CertificateError as e:
+            raise BadCertificate("(no host name)", str(e)) from None
+        self.fingerprint = fingerprint_sha256(der)
         self.certificate_expires = not_after(der)
         settings = self.server.authorization.authorize_new(self.common_name, self.fingerprint)
         self.host, self.settings = settings.host, settings
         d = self.server.tunnels.claim(settings.host, self.link)
-        d.addCallback(lambda _: self.server.listen_local(settings.port,
-                                                         LocalListenerFactory(self, self.server.local_users)))
+        listener = LocalListenerFactory(self, self.server.local_users)
+        d.addCallback(lambda _: self.server.listen_local(settings.port, listener))
         d.addCallbacks(self._listening, self._listen_failed)
         if self.role == "backup-now":
             d.addErrback(self._watch)
