@@ -10,8 +10,6 @@ run as other users (setpriv).
 import os
 import pwd
 import shutil
-import sys
-from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -70,6 +68,26 @@ class LocalUsersTests(TunnelTestCase):
         self.assertEqual(tree_digest(dest), tree_digest(source))
 
 
+#: An HTTP request over a Unix socket with nothing but the standard library, so
+#: that other users run it whatever the checkout's permissions.  Exit 0: 2xx,
+#: 1: an HTTP error, 2: no connection.
+HTTP_OVER_UNIX = """
+import http.client, socket, sys
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+c = C("localhost", timeout=30)
+try:
+    c.request(sys.argv[2], sys.argv[3])
+    r = c.getresponse()
+except OSError as e:
+    print(e); sys.exit(2)
+print(r.status, r.read().decode())
+sys.exit(0 if r.status < 400 else 1)
+"""
+
+
 class ApiSocketTests(TunnelTestCase):
     @inlineCallbacks
     def test_socket_for_backuppc_drop_for_root(self):
@@ -79,33 +97,31 @@ class ApiSocketTests(TunnelTestCase):
         port = yield endpoint.listen(make_api_site(self.server.factory))
         self.addCleanup(port.stopListening)
         yield self.connected_client("laptop1", {"docs": self.root})
-        api = f"unix:{path}"
+        api, api_path = f"unix:{path}", path
 
-        def bpctunnel_as(account, *args):
+        def request_as(account, method, path):
+            """One API request by C{account}, from a stdlib-only script (any checkout folder)."""
             argv = [f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
-                    str(Path(sys.executable).parent / "bpctunnel"), *args, "--api", api]
+                    "/usr/bin/python3", "-c", HTTP_OVER_UNIX, str(api_path), method, path]
             return getProcessOutputAndValue("/usr/bin/setpriv", argv, env={"PATH": "/usr/bin:/bin"},
                                             reactor=reactor).addTimeout(TIMEOUT, reactor)
 
         # Another local user cannot even connect.
-        out, err, code = yield bpctunnel_as(NOBODY, "status")
-        self.assertNotEqual(code, 0)
+        out, err, code = yield request_as(NOBODY, "GET", "/api/v1/tunnels")
+        self.assertEqual(code, 2, out + err)
         self.assertIn(b"Permission denied", out + err)
-        out, err, code = yield bpctunnel_as(NOBODY, "backup-done", "laptop1", "1")
-        self.assertNotEqual(code, 0)
+        out, err, code = yield request_as(NOBODY, "POST",
+                                          "/api/v1/tunnels/laptop1/backup-done?ok=1")
+        self.assertEqual(code, 2, out + err)
         # BackupPC's user (its PingCmd, its DumpPostUserCmd) can.
-        out, err, code = yield bpctunnel_as(BACKUPPC, "ping", "laptop1")
+        out, err, code = yield request_as(BACKUPPC, "POST", "/api/v1/tunnels/laptop1/ping?count=1")
         self.assertEqual(code, 0, out + err)
+        self.assertIn(b"200", out)
         # Dropping a tunnel is for root: refused for BackupPC's user, by its uid.
-        script = ("import sys; from bpctunnel.admin.api_client import call; "
-                  "call('DELETE', sys.argv[1], '/api/v1/tunnels/laptop1')")
-        out, err, code = yield getProcessOutputAndValue(
-            "/usr/bin/setpriv", [f"--reuid={BACKUPPC.pw_uid}", f"--regid={BACKUPPC.pw_gid}",
-                                 "--clear-groups", sys.executable, "-c", script, api],
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)},
-            reactor=reactor).addTimeout(TIMEOUT, reactor)
-        self.assertNotEqual(code, 0)
-        self.assertIn(b"only root may drop a tunnel", err)
+        out, err, code = yield request_as(BACKUPPC, "DELETE", "/api/v1/tunnels/laptop1")
+        self.assertEqual(code, 1, out + err)
+        self.assertIn(b"403", out)
+        self.assertIn(b"only root may drop a tunnel", out)
         self.assertIsNotNone(self.server.factory.tunnels.get("laptop1"))
         answer = yield deferToThread(call, "DELETE", api, "/api/v1/tunnels/laptop1")
         self.assertEqual(answer, {"dropped": "laptop1"})
