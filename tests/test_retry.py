@@ -92,7 +92,8 @@ class RetryPolicyTests(SynchronousTestCase):
         self.assertEqual({r for r in Refusal if r.needs_admin},
                          {Refusal.UNKNOWN_HOST, Refusal.FINGERPRINT_MISMATCH,
                           Refusal.HOST_CONFIG_ERROR, Refusal.UNSUPPORTED_PROTOCOL,
-                          Refusal.WRONG_PATH})
+                          Refusal.WRONG_PATH, Refusal.BAD_CERTIFICATE,
+                          Refusal.PORT_SHARED})
 
     def test_unknown_text_is_retried(self):
         """Words no server version sends are not taken for an admin refusal."""
