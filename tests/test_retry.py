@@ -230,6 +230,26 @@ class TunnelServiceTests(SynchronousTestCase):
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.retries, [(1, 1.0), (2, 2.0), (1, 1.0)])
 
+    def test_server_silent_for_two_intervals_is_gone(self):
+        """
+        The client's keepalive: a ping goes out every keepalive interval, and
+        the connection is dropped only when one stays unanswered for two
+        intervals, so an outage that begins just before a ping and is shorter
+        than the documented dead-peer time costs nothing (issue 16).
+        """
+        self.service.startService()
+        connection = self.open()
+        transport = self.endpoint.connections[-1][1]
+        transport.clear()
+        keepalive = self.factory.config.keepalive
+        self.clock.advance(keepalive)
+        self.assertEqual(transport.value()[:1], b"\x89")  # the ping, right as the link fails
+        self.clock.advance(2 * keepalive - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting or transport.aborted)
+        self.assertIsNotNone(connection)
+
     def test_admin_refusal_waits_the_cap(self):
         """A refusal only the admin can fix: the next try is retry_max away, and said so."""
         self.service.startService()

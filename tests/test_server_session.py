@@ -245,20 +245,21 @@ class KeepaliveTests(SessionTestCase):
 
     def test_missing_pong_closes_after_two_intervals(self):
         """
-        No answer: two intervals after the last sign of life the connection
-        is aborted, the port freed, and the log says why.
+        No answer: two intervals after the ping the connection is aborted,
+        the port freed, and the log says why.  An outage that begins just
+        before a ping has two whole intervals to end (issue 16).
         """
         session, link = self.open()
         self.clock.advance(KEEPALIVE)
         self.assertEqual(len(link.pings), 1)
-        self.clock.advance(KEEPALIVE - 0.1)
+        self.clock.advance(2 * KEEPALIVE - 0.1)
         self.assertEqual(link.aborts, 0)
         self.assertEqual(self.logs.matching("tunnel of laptop1 closed"), [])
         self.clock.advance(0.1)
         self.assertEqual(link.aborts, 1)
         self.assertEqual(self.logs.matching("tunnel of laptop1 closed"),
-                         ["tunnel of laptop1 closed: ping timeout: no answer within 30 seconds "
-                          "(--keepalive)"])
+                         ["tunnel of laptop1 closed: ping timeout: no answer within 60 seconds "
+                          "(two --keepalive intervals)"])
         self.assertTunnelGone(session, link)
         # What Autobahn reports once the abort lands adds nothing.
         session.closed(1006, "connection was closed uncleanly")
@@ -266,11 +267,20 @@ class KeepaliveTests(SessionTestCase):
         self.assertEqual(len(self.logs.matching("tunnel of laptop1 closed")), 1)
         self.assertEqual([e for e, _ in self.events], ["open", "closed"])
 
+    def test_outage_just_before_a_ping_is_survived(self):
+        """The answer to a ping sent as an outage began may come 2 intervals later."""
+        session, link = self.open()
+        self.clock.advance(KEEPALIVE)
+        self.clock.advance(2 * KEEPALIVE - 1)
+        session.pong_received(link.pings[0])
+        self.clock.advance(KEEPALIVE * 1.5)
+        self.assertEqual((len(link.pings), link.aborts), (2, 0))
+
     def test_wrong_pong_does_not_count(self):
         session, link = self.open()
         self.clock.advance(KEEPALIVE)
         session.pong_received(b"not-mine")
-        self.clock.advance(KEEPALIVE)
+        self.clock.advance(2 * KEEPALIVE)
         self.assertEqual(link.aborts, 1)
 
     def test_any_message_answers(self):
@@ -659,7 +669,9 @@ class AdapterTests(SessionTestCase):
         transport.clear()
         self.reactor.advance(0.1)
         self.assertEqual(transport.value()[0], 0x89)  # the next ping: never answered
-        self.reactor.advance(KEEPALIVE)
+        self.reactor.advance(2 * KEEPALIVE - 0.1)
+        self.assertFalse(transport.disconnected)
+        self.reactor.advance(0.1)
         self.assertTrue(transport.disconnected)
         self.assertTrue(self.ports[0].stopped)
         self.assertIsNone(factory.tunnels.get("laptop1"))

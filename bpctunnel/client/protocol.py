@@ -69,6 +69,10 @@ def refusal_from_close_reason(reason: str | None) -> tuple[int, str] | None:
     return int(match.group(1)), match.group(2)
 
 
+#: A server whose ping stays unanswered this many keepalive intervals is gone.
+DEAD_AFTER_INTERVALS = 2
+
+
 class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
     """
     The client's side of one tunnel.
@@ -276,9 +280,11 @@ class TunnelClientFactory(WebSocketClientFactory):
             maxMessagePayloadSize=1024 * 1024,
             openHandshakeTimeout=30,
             # A server that answers no ping for two intervals is gone (a
-            # laptop that slept, a NAT that forgot us): reconnect.
+            # laptop that slept, a NAT that forgot us): reconnect.  Not one
+            # interval: an outage that begins just before a ping must cost
+            # no backup if it is shorter than the documented dead-peer time.
             autoPingInterval=config.keepalive,
-            autoPingTimeout=config.keepalive,
+            autoPingTimeout=DEAD_AFTER_INTERVALS * config.keepalive,
             # Masking protects intermediaries that read WebSocket frames in the
             # clear; ours travel inside TLS end to end, and XOR-ing every byte
             # costs the client and the server CPU on each (issue 8).

@@ -42,6 +42,8 @@ from bpctunnel.wire import framing
 from bpctunnel.wire.mux import Multiplexer
 
 TUNNEL_PATH = "/tunnel"
+#: A client whose ping stays unanswered this many keepalive intervals is dead.
+DEAD_AFTER_INTERVALS = 2
 #: Bounds on a client's announced module list (names as rsyncd.conf allows).
 MAX_MODULES = 256
 MAX_MODULE_NAME = 255
@@ -111,8 +113,11 @@ class TunnelSession:
         self._down = Deferred()
         self._pings = RoundTrips(self.clock, self._send_ping_message)
         interval = server.settings.keepalive
-        self.keepalive = Keepalive(self.clock, interval, interval, link.send_ping,
-                                   self._keepalive_failed)
+        # The dead-peer time the README promises: a ping unanswered for two
+        # intervals, so an outage shorter than that costs no tunnel wherever
+        # it falls relative to the pings (issue 16).
+        self.keepalive = Keepalive(self.clock, interval, DEAD_AFTER_INTERVALS * interval,
+                                   link.send_ping, self._keepalive_failed)
 
     # -- from accept to open -----------------------------------------------
 
@@ -276,7 +281,7 @@ class TunnelSession:
 
     def _keepalive_failed(self) -> None:
         self._log_closed(f"ping timeout: no answer within {self.keepalive.timeout:g} seconds "
-                         f"(--keepalive)")
+                         f"(two --keepalive intervals)")
         self._cleanup("the client stopped answering pings")
         self.link.abort_connection()
 
