@@ -90,6 +90,12 @@ class AlreadyConnected(Refused):
     refusal = Refusal.ALREADY_CONNECTED
 
 
+class TooManyWatchers(Refused):
+    """The host's tunnel has as many backup-now connections following it as it may."""
+
+    refusal = Refusal.TOO_MANY_WATCHERS
+
+
 class PortUnavailable(Refused):
     """The host's tunnel port cannot be listened on."""
 

@@ -17,6 +17,10 @@ the advice shown to the laptop's user.
 
 No other module holds these words: the server builds its texts from the
 members, the client's advice and retry policy read them.
+
+L{Notice} holds the same for a tunnel the server closes without refusing
+the laptop (it is stopping): its WebSocket close code, its words, and what
+the laptop does about it.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class Refusal(enum.Enum):
         "port_shared", "port shared", 403, True,
         "ask the BackupPC admin to give each host its own RsyncdClientPort (bpctunnel check "
         "names the hosts that share one)")
+    TOO_MANY_WATCHERS = (
+        "too_many_watchers", "too many backup-now connections", 429, False,
+        "other backup-now commands for this laptop are waiting already; try again when "
+        "they are done")
     ALREADY_CONNECTED = (
         "already_connected", "already connected", 409, False,
         "another client with this certificate is connected; retrying in case it is "
@@ -132,3 +140,40 @@ def needs_admin(text: str | None) -> bool:
     """Whether a refusal's text says that only the BackupPC admin can fix it."""
     refusal = Refusal.from_text(text)
     return refusal is not None and refusal.needs_admin
+
+
+class Notice(enum.Enum):
+    """
+    A reason the server closes an open tunnel that is no refusal: the laptop
+    may come back, and soon.  The tunnel closes with C{close_code} and a
+    reason that starts with C{words}, as a refusal's text does.
+
+    @ivar code: stable identifier, the name in logs.
+    @ivar close_code: the WebSocket close code (Autobahn sends 1000 and
+        3000-4999 only, so not 1001, "going away").
+    @ivar words: the fixed phrase the close reason starts with.
+    @ivar advice: what the laptop's log says it does.
+    """
+
+    #: SIGTERM: twistd stops the server, most often to start it again.
+    SERVER_RESTARTING = ("server_restarting", 4004, "server restarting",
+                         "the server is restarting; reconnecting")
+
+    def __init__(self, code: str, close_code: int, words: str, advice: str):
+        self.code = code
+        self.close_code = close_code
+        self.words = words
+        self.advice = advice
+
+    def text(self, detail: str) -> str:
+        """The close reason as the client reads it: C{"WORDS: DETAIL"}."""
+        return f"{self.words}: {detail}"
+
+    @classmethod
+    def from_text(cls, text: str | None) -> Notice | None:
+        """The member a close reason starts with, or C{None}."""
+        text = (text or "").lstrip()
+        for member in cls:
+            if text.startswith(member.words):
+                return member
+        return None

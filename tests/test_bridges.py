@@ -4,6 +4,7 @@ ProcessProtocol (client) and BackupPC's TCP connection (server).
 """
 
 
+from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -372,6 +373,7 @@ class LocalConnectionTests(SynchronousTestCase):
         tunnel.host = "laptop1"
         self.modules = []
         tunnel.module_requested = self.modules.append
+        tunnel.probe_if_silent = lambda: succeed(True)  # a tunnel that is carrying data
         tunnel.mux = Multiplexer(self.sent.append, is_server=True, window=100)
         self.mux = tunnel.mux
         self.protocol = LocalConnectionProtocol(tunnel)

@@ -21,6 +21,8 @@ from bpctunnel.refusals import UNKNOWN_ADVICE, Refusal, needs_admin
 #: Refusal texts as servers wrote them (this one and every earlier one: the
 #: words never changed), each with the member it must read back as.
 SERVER_TEXTS = [
+    ("too many backup-now connections for laptop1: 7 are following its tunnel already "
+     "(at most 7)", Refusal.TOO_MANY_WATCHERS),
     ("unknown host for stranger: it is not listed in /etc/backuppc/hosts; add it there "
      "(or run `bpctunnel register-client stranger --add-host`)", Refusal.UNKNOWN_HOST),
     ("unknown host for (no certificate): no client certificate was presented",
@@ -105,6 +107,8 @@ class VocabularyTests(SynchronousTestCase):
              ("HOST_CONFIG_ERROR", "host_config_error", "host config error", 403, True),
              ("BAD_CERTIFICATE", "bad_certificate", "bad certificate", 403, True),
              ("PORT_SHARED", "port_shared", "port shared", 403, True),
+             ("TOO_MANY_WATCHERS", "too_many_watchers", "too many backup-now connections",
+              429, False),
              ("ALREADY_CONNECTED", "already_connected", "already connected", 409, False),
              ("PORT_UNAVAILABLE", "port_unavailable", "port unavailable", 503, False),
              ("UNSUPPORTED_PROTOCOL", "unsupported_protocol", "unsupported protocol version",

@@ -33,7 +33,7 @@ from bpctunnel.server.handshake_refusals import HandshakeDenied
 from bpctunnel.server.keepalive import Keepalive
 from bpctunnel.server.protocol import TunnelServerFactory, TunnelServerProtocol
 from bpctunnel.server.server_state import ServerState
-from bpctunnel.server.session import ITunnelLink, TunnelSession
+from bpctunnel.server.session import MAX_FOLLOWERS, MAX_HANDSHAKE_BYTES, ITunnelLink, TunnelSession
 from bpctunnel.server.settings import ServerSettings
 from bpctunnel.testing.sandbox import Sandbox
 from bpctunnel.wire import framing
@@ -541,13 +541,38 @@ class HandshakeDeadlineTests(SessionTestCase):
 
 
 class HandshakeLimitTests(SessionTestCase):
-    """At most 2 connections from one address and 3 in all may be in their handshakes."""
+    """
+    At most 2 connections from one address and 3 in all may be in their
+    handshakes; past that, the oldest that has not sent its opening
+    handshake makes room, and only if there is none is the newcomer dropped.
+    """
 
     settings = {"max_unauthenticated": 2, "max_handshakes": 3}
 
-    def test_per_address_limit(self):
-        self.assertTrue(self.connect("192.0.2.1", 1)[2])
-        self.assertTrue(self.connect("192.0.2.1", 2)[2])
+    def requested(self, ip: str, port: int):
+        """A connection whose opening handshake arrived (and was refused: wrong path)."""
+        session, link, admitted = self.connect(ip, port)
+        self.assertTrue(admitted)
+        self.denial(self.handshake(session, path="/nope"))
+        return session, link
+
+    def test_per_address_limit_evicts_the_oldest_stalled(self):
+        _, first, _ = self.connect("192.0.2.1", 1)
+        _, second, _ = self.connect("192.0.2.1", 2)
+        self.clock.advance(3)
+        _, third, admitted = self.connect("192.0.2.1", 3)
+        self.assertTrue(admitted)
+        self.assertEqual((first.aborts, second.aborts, third.aborts), (1, 0, 0))
+        self.assertEqual(self.state.handshakes.from_address("192.0.2.1"), 2)
+        self.assertEqual(self.logs.matching("to admit"),
+                         ["dropping the connection from 192.0.2.1:1 (no opening handshake after "
+                          "3.0 s) to admit 192.0.2.1:3: more than 2 connections from 192.0.2.1 "
+                          "have not authenticated yet"])
+        self.assertTrue(self.connect("192.0.2.2", 1)[2])  # another address still gets in
+
+    def test_per_address_limit_when_all_requested(self):
+        self.requested("192.0.2.1", 1)
+        self.requested("192.0.2.1", 2)
         _, link, admitted = self.connect("192.0.2.1", 3)
         self.assertFalse(admitted)
         self.assertEqual(self.refusals(Refusal.TOO_MANY_FROM_ONE_ADDRESS), 1)
@@ -555,35 +580,51 @@ class HandshakeLimitTests(SessionTestCase):
         self.assertEqual(self.logs.matching("dropping a connection from"),
                          ["dropping a connection from 192.0.2.1:3: more than 2 connections from "
                           "192.0.2.1 have not authenticated yet"])
-        self.assertTrue(self.connect("192.0.2.2", 1)[2])  # another address still gets in
 
-    def test_total_limit(self):
+    def test_total_limit_evicts_from_the_most_crowded_address(self):
+        _, crowded_old, _ = self.connect("192.0.2.1", 1)
+        _, lone, _ = self.connect("192.0.2.2", 1)
+        _, crowded_new, _ = self.connect("192.0.2.1", 2)
+        self.assertTrue(self.connect("192.0.2.3", 1)[2])
+        self.assertEqual((crowded_old.aborts, lone.aborts, crowded_new.aborts), (1, 0, 0))
+        self.assertEqual(self.state.handshakes.in_handshake, 3)
+        [line] = self.logs.matching("to admit 192.0.2.3:1")
+        self.assertIn("3 connections are in their handshakes already (--max-handshakes)", line)
+
+    def test_total_limit_when_all_requested(self):
         for ip, port in (("192.0.2.1", 1), ("192.0.2.1", 2), ("192.0.2.2", 1)):
-            self.assertTrue(self.connect(ip, port)[2])
+            self.requested(ip, port)
         self.assertFalse(self.connect("192.0.2.3", 1)[2])
         self.assertEqual(self.refusals(Refusal.BUSY), 1)
         [line] = self.logs.matching("dropping a connection from 192.0.2.3:1: ")
         self.assertIn("3 connections are in their handshakes already (--max-handshakes)", line)
 
+    def test_evicted_connection_frees_its_slot_once(self):
+        evicted, _, _ = self.connect("192.0.2.1", 1)
+        self.connect("192.0.2.1", 2)
+        self.connect("192.0.2.1", 3)
+        evicted.connection_lost()  # the abort's consequence
+        self.assertEqual(self.state.handshakes.from_address("192.0.2.1"), 2)
+        self.assertEqual(self.state.handshakes.in_handshake, 2)
+
     def test_slot_freed_on_authentication(self):
         session, _, _ = self.connect("192.0.2.1", 1)
-        self.connect("192.0.2.1", 2)
-        self.assertFalse(self.connect("192.0.2.1", 3)[2])
+        self.requested("192.0.2.1", 2)
         self.successResultOf(self.handshake(session))
-        self.assertFalse(self.connect("192.0.2.1", 4)[2])  # authorized, not yet open
+        self.assertFalse(self.connect("192.0.2.1", 3)[2])  # authorized, not yet open
         session.opened()
-        self.assertTrue(self.connect("192.0.2.1", 5)[2])
+        self.assertTrue(self.connect("192.0.2.1", 4)[2])
         session.connection_lost()  # an open tunnel's end frees nothing more
         self.assertEqual(self.state.handshakes.from_address("192.0.2.1"), 2)
 
     def test_slot_freed_on_disconnect(self):
         first, _, _ = self.connect("192.0.2.1", 1)
-        self.connect("192.0.2.1", 2)
+        self.requested("192.0.2.1", 2)
         first.connection_lost()
         first.connection_lost()  # twice: freed once
         self.assertEqual(self.state.handshakes.from_address("192.0.2.1"), 1)
         self.assertTrue(self.connect("192.0.2.1", 3)[2])
-        self.assertFalse(self.connect("192.0.2.1", 4)[2])
+        self.assertEqual(self.state.handshakes.from_address("192.0.2.1"), 2)
 
     def test_refused_handshake_holds_slot_until_gone(self):
         session, _, _ = self.connect("192.0.2.1", 1)
@@ -593,8 +634,9 @@ class HandshakeLimitTests(SessionTestCase):
         self.assertEqual(self.state.handshakes.in_handshake, 0)
 
     def test_drops_logged_at_most_every_interval(self):
-        for n in range(3):
-            self.connect("192.0.2.1", n)
+        self.requested("192.0.2.1", 0)
+        self.requested("192.0.2.1", 1)
+        self.connect("192.0.2.1", 2)
         self.connect("192.0.2.1", 10)
         self.assertEqual(len(self.logs.matching("dropping a connection")), 1)
         self.clock.advance(DROP_LOG_INTERVAL)
@@ -605,14 +647,43 @@ class HandshakeLimitTests(SessionTestCase):
         self.assertEqual(self.refusals(Refusal.TOO_MANY_FROM_ONE_ADDRESS), 3)
 
 
+class StalledHandshakeAttackTests(SessionTestCase):
+    """
+    Issue 16, class 3, in memory: an attacker behind the laptop's address
+    opens 100 connections a second and never sends a request; the laptop,
+    whose request comes one round trip (0.1 s) after its connection, gets
+    its tunnel at its first try.  The default limits (16 per address).
+    """
+
+    def test_laptop_gets_in_while_the_attacker_hammers(self):
+        attackers = []
+        for _ in range(300):  # three seconds of the attack before the laptop comes
+            attackers.append(self.connect("192.0.2.1", 1000 + len(attackers)))
+            self.clock.advance(0.01)
+        laptop, link, admitted = self.connect("192.0.2.1", 50000)
+        self.assertTrue(admitted)
+        for _ in range(10):  # the attack goes on during the laptop's round trip
+            attackers.append(self.connect("192.0.2.1", 1000 + len(attackers)))
+            self.clock.advance(0.01)
+        self.assertEqual(link.aborts, 0)
+        self.assertEqual(self.successResultOf(self.handshake(laptop)), framing.SUBPROTOCOL)
+        laptop.opened()
+        self.assertIs(self.state.tunnels.get("laptop1"), link)
+        # The laptop's place is free again; the attacker holds the other 15.
+        self.assertEqual(self.state.handshakes.from_address("192.0.2.1"), 15)
+        self.assertEqual(sum(a[1].aborts for a in attackers), len(attackers) - 15)
+        lines = self.logs.matching("to admit")
+        self.assertLessEqual(len(lines), 10, lines[:12])
+
+
 # -- the Autobahn adapter, in memory ---------------------------------------------------------
 
 
 class CertifiedTransport(StringTransport):
     """A StringTransport whose peer presented C{cert_pem} (as a TLS transport says)."""
 
-    def __init__(self, cert_pem: bytes | None):
-        super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.1", 50000))
+    def __init__(self, cert_pem: bytes | None, ip: str = "192.0.2.1"):
+        super().__init__(peerAddress=IPv4Address("TCP", ip, 50000))
         self.cert_pem = cert_pem
 
     def unregisterProducer(self):
@@ -682,3 +753,121 @@ class AdapterTests(SessionTestCase):
         self.assertFalse(transport.disconnected)
         self.reactor.advance(0.1)
         self.assertTrue(transport.disconnected)
+
+
+class ViolationFloodTests(SessionTestCase):
+    """A client that floods CONTROL messages of a type we don't know (issue 16, class 2)."""
+
+    def test_unknown_control_flood_is_logged_in_sums_and_closes_the_tunnel(self):
+        session, link = self.open()
+        message = framing.encode(framing.Control({"type": "from-the-future\nforged"}))
+        for _ in range(100_000):
+            session.message_received(message, True)
+        self.assertEqual(len(link.closes), 1, link.closes[:3])
+        code, reason = link.closes[0]
+        self.assertEqual(code, framing.WS_CLOSE_PROTOCOL_ERROR)
+        self.assertIn("protocol error: 1,001 bad messages within 10 s", reason)
+        self.assertIn("1,001 unknown control messages", reason)
+        lines = self.logs.matching("control message")
+        self.assertLessEqual(len(lines), 10, lines)
+        self.assertTrue(all("\n" not in line for line in lines), lines)
+        self.assertEqual(len(self.logs.matching("closing the tunnel of laptop1: protocol error")), 1)
+
+    def test_a_few_unknown_control_messages_cost_nothing(self):
+        session, link = self.open()
+        for n in range(50):
+            session.message_received(framing.encode(framing.Control({"type": f"new-{n}"})), True)
+            self.clock.advance(1)
+        self.assertEqual(link.closes, [])
+        self.assertFalse(session.mux.lost)
+
+
+class HandshakeSizeTests(SessionTestCase):
+    """Issue 16, class 2: what a client sends before its tunnel opens is bounded."""
+
+    def make(self):
+        return AdapterTests.make(self, self.cert)
+
+    def test_endless_headers_dropped_past_the_limit(self):
+        _, protocol, transport = self.make()
+        request = upgrade_request("/tunnel")
+        head = request[:-2]  # the headers never end
+        protocol.dataReceived(head)
+        filler = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+        sent = len(head)
+        while sent + len(filler) <= MAX_HANDSHAKE_BYTES:
+            protocol.dataReceived(filler)
+            sent += len(filler)
+        self.assertFalse(transport.disconnected)
+        protocol.dataReceived(filler)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), b"")  # no answer, no tunnel
+        self.assertEqual(self.ports, [])
+        self.assertEqual(self.state.handshakes.in_handshake, 0)
+        self.assertEqual(len(self.logs.matching("its opening handshake is larger than 16 KiB")),
+                         1)
+
+    def test_headers_within_the_limit_open_the_tunnel(self):
+        factory, protocol, transport = self.make()
+        request = upgrade_request("/tunnel")
+        extra = b"".join(b"X-Proxy-%d: %s\r\n" % (n, b"v" * 500) for n in range(20))
+        self.assertLess(len(request) + len(extra), MAX_HANDSHAKE_BYTES)
+        protocol.dataReceived(request[:-2] + extra + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:200])
+        self.assertIs(factory.tunnels.get("laptop1"), protocol)
+
+    def test_open_tunnel_takes_more_than_the_limit(self):
+        _, protocol, transport = self.make()
+        protocol.dataReceived(upgrade_request("/tunnel"))
+        message = framing.encode(framing.Control({"type": "modules", "modules": ["x" * 200]}))
+        frame = bytes((0x82, 126)) + len(message).to_bytes(2, "big") + message
+        for _ in range(2 * MAX_HANDSHAKE_BYTES // len(frame) + 1):
+            protocol.dataReceived(frame)
+        self.assertFalse(transport.disconnected)
+
+    def test_many_oversized_handshakes_few_lines(self):
+        factory, _, _ = self.make()
+        for n in range(100):
+            protocol = factory.buildProtocol(IPv4Address("TCP", f"198.51.100.{n}", 50000))
+            transport = CertifiedTransport(self.cert, f"198.51.100.{n}")
+            protocol.makeConnection(transport)
+            self.assertFalse(transport.disconnected)  # admitted
+            protocol.dataReceived(b"GET /tunnel HTTP/1.1\r\n" + b"a" * MAX_HANDSHAKE_BYTES)
+            self.assertTrue(transport.disconnected)
+        lines = self.logs.matching("opening handshake is larger than")
+        self.assertEqual(len(lines), 5, lines[:10])
+        self.reactor.advance(10)
+        self.assertEqual(len(self.logs.matching("95 more oversized opening handshakes")), 1,
+                         self.logs.lines[-3:])
+
+
+class WatcherLimitTests(SessionTestCase):
+    """Issue 16, class 2: a bounded number of backup-now connections follow one host's tunnel."""
+
+    def follow(self, n: int):
+        watcher, link, admitted = self.connect("192.0.2.9", 40000 + n)
+        self.assertTrue(admitted)
+        d = self.handshake(watcher, role="backup-now")
+        if not d.called:
+            PingTests.answer(self, self.session, self.link)  # the tunnel answers the probe
+        return watcher, link, d
+
+    def test_followers_beyond_the_limit_refused(self):
+        self.session, self.link = self.open()
+        followers = []
+        for n in range(MAX_FOLLOWERS):
+            watcher, link, d = self.follow(n)
+            self.assertEqual(self.successResultOf(d), framing.SUBPROTOCOL)
+            watcher.opened()
+            followers.append(watcher)
+        _, _, d = self.follow(MAX_FOLLOWERS)
+        denial = self.denial(d)
+        self.assertEqual(denial.refusal, Refusal.TOO_MANY_WATCHERS)
+        self.assertEqual(denial.http_status, 429)
+        self.assertEqual(denial.text, f"too many backup-now connections for laptop1: "
+                                      f"{MAX_FOLLOWERS} are following its tunnel already "
+                                      f"(at most {MAX_FOLLOWERS})")
+        self.assertEqual(self.refusals(Refusal.TOO_MANY_WATCHERS), 1)
+        followers[0].connection_lost()  # one leaves: a place is free
+        watcher, _, d = self.follow(MAX_FOLLOWERS + 1)
+        self.assertEqual(self.successResultOf(d), framing.SUBPROTOCOL)

@@ -17,6 +17,7 @@ from bpctunnel.wire import framing
 from bpctunnel.client.config import ClientConfig, InlinePem, pem_and_source
 from bpctunnel.errors import ConfigError, ProtocolError
 from bpctunnel.transport.http_connect import HTTPConnectEndpoint
+from bpctunnel.transport.sockets import ride_out_outages
 from bpctunnel.wire.mux import Channel, Multiplexer
 from bpctunnel.refusals import Refusal, advice_for
 from bpctunnel.wire.peer_text import peer_text, peer_values
@@ -153,8 +154,10 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
             accept_channel=self.factory.accept_channel,
             on_control=self._control,
             name=self.factory.config.host,
+            clock=self.factory.reactor,
         )
         self.registerProducer(self.mux, True)
+        ride_out_outages(self.transport, DEAD_AFTER_INTERVALS * self.factory.config.keepalive)
         self.factory.current = self
         self.factory.retry_policy.tunnel_opened()
         self._log.info("tunnel up to {url}", url=self.factory.config.server)
@@ -201,8 +204,25 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
                 raise ProtocolError("the server sent a text message")
             self.mux.message_received(payload)
         except ProtocolError as e:
-            self._log.warn("closing the tunnel: protocol error: {error}", error=str(e))
-            self.sendClose(code=framing.WS_CLOSE_PROTOCOL_ERROR, reason=f"protocol error: {e}"[:120])
+            self._protocol_error(e)
+
+    def onPing(self, payload: bytes) -> None:
+        # Answers the server does not read count against its budget; the
+        # pong's frame is a 2-byte header and the payload.
+        if self.mux is not None:
+            if self.mux.failed is not None:
+                return
+            try:
+                self.mux.answering(2 + len(payload))
+            except ProtocolError as e:
+                self._protocol_error(e)
+                return
+        super().onPing(payload)
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        self._log.warn("closing the tunnel: protocol error: {error}", error=str(error))
+        self.sendClose(code=framing.WS_CLOSE_PROTOCOL_ERROR,
+                       reason=f"protocol error: {error}"[:120])
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         reason = peer_text(reason, 1000) if reason else reason

@@ -14,6 +14,12 @@ that C{needs_admin}) backs off to the cap at once: hammering the server would
 not help.  Jitter (each wait is between half and all of its delay) spreads a
 fleet's reconnections after a server restart, and never takes a wait past the
 cap.
+
+A server that closes the tunnel saying it is restarting
+(L{bpctunnel.refusals.Notice.SERVER_RESTARTING}) is no failure: the laptop
+logs it as news, and its first L{RESTART_ATTEMPTS} attempts each wait only
+the first delay (with jitter), so it is back about a second after the
+server is; only then does the backoff grow.
 """
 
 from __future__ import annotations
@@ -26,12 +32,17 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.interfaces import (
     ILoggingContext, IProtocol, IProtocolFactory, IStreamClientEndpoint,
 )
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from bpctunnel.errors import BpcTunnelError
-from bpctunnel.refusals import needs_admin
+from bpctunnel.refusals import Notice, needs_admin
 
-__all__ = ["RetryPolicy", "TunnelNotOpened", "TunnelService", "needs_admin"]
+__all__ = ["RESTART_ATTEMPTS", "RetryPolicy", "TunnelNotOpened", "TunnelService", "needs_admin"]
+
+#: Attempts that wait only the first delay after the server said it is
+#: restarting (a restart takes a few seconds; ten tries cover it).
+RESTART_ATTEMPTS = 10
 
 
 class TunnelNotOpened(BpcTunnelError):
@@ -58,6 +69,8 @@ class RetryPolicy:
     @ivar maximum: the cap, in seconds.
     @ivar admin_refusal: the refusal that closed the last tunnel, if only the
         admin can fix it.
+    @ivar restarting: the server closed the last tunnel saying it is
+        restarting, and no tunnel has opened since.
     """
 
     initial: float = 1.0
@@ -65,23 +78,37 @@ class RetryPolicy:
     factor: float = 2.0
     random: Callable[[], float] = random.random
     admin_refusal: str | None = None
+    restarting: bool = False
 
     def __call__(self, attempt: int) -> float:
+        attempt = max(attempt, 1)
         if self.admin_refusal is not None:
             base = self.maximum
+        elif self.restarting and attempt <= RESTART_ATTEMPTS:
+            base = self.initial
         else:
+            if self.restarting:
+                attempt -= RESTART_ATTEMPTS  # the backoff starts over after the quick tries
             # Twisted's backoff without its (additive) jitter: ours scales.
             delay = backoffPolicy(self.initial, self.maximum, self.factor, jitter=lambda: 0.0)
-            base = delay(max(attempt, 1) - 1)
+            base = delay(attempt - 1)
         return base * (0.5 + 0.5 * self.random())
 
     def tunnel_opened(self) -> None:
         """A tunnel came up: the next wait is the first delay."""
         self.admin_refusal = None
+        self.restarting = False
 
     def tunnel_closed(self, refusal: str | None) -> None:
         """A tunnel closed, refused if C{refusal}: wait the cap if only the admin can help."""
         self.admin_refusal = refusal if needs_admin(refusal) else None
+        if refusal is not None:
+            self.restarting = False  # the server is back, and says something else
+
+    def server_restarting(self) -> None:
+        """The server closed the tunnel because it is restarting: come back soon."""
+        self.admin_refusal = None
+        self.restarting = True
 
 
 class TunnelService(ClientService):
@@ -94,12 +121,27 @@ class TunnelService(ClientService):
     @param factory: makes protocols with C{when_open()} (a Deferred that fires
         once the WebSocket is open, or fails with L{TunnelNotOpened}) and
         C{tunnel_protocol} (the protocol itself); its C{retry_policy} says
-        how long to wait between attempts.
+        how long to wait between attempts, and its C{observers} (callables
+        C{(event, protocol, detail)}) hear of each tunnel that C{"closed"}
+        with its refusal or close reason as C{detail}.
     """
+
+    log = Logger()
 
     def __init__(self, endpoint: IStreamClientEndpoint, factory, clock):
         super().__init__(_UntilOpenEndpoint(endpoint), factory, retryPolicy=factory.retry_policy,
                          clock=clock, prepareConnection=lambda proxy: proxy.when_open())
+        self._retry_policy = factory.retry_policy
+        # Told after the protocol gave the policy the refusal, if any, and
+        # before ClientService asks the policy how long to wait.
+        factory.observers.append(self._tunnel_event)
+
+    def _tunnel_event(self, event: str, _protocol, detail) -> None:
+        if event != "closed" or Notice.from_text(detail) is not Notice.SERVER_RESTARTING:
+            return
+        self._retry_policy.server_restarting()
+        self.log.info("{advice}", advice=Notice.SERVER_RESTARTING.advice,
+                      notice=Notice.SERVER_RESTARTING.code)
 
 
 @implementer(IStreamClientEndpoint)

@@ -32,6 +32,14 @@ counts.
 
 The connection that asks may be the host's tunnel itself, or one that only
 watches while another client of the same host carries the backup.
+
+One request per host at a time: however many C{backup-request} messages
+come, and from however many connections, BackupPC is asked once (one
+C{BackupPC_serverMesg} at a time per host).  A request while one is being
+asked, or while the backup it asked for is pending, joins it: its connection
+gets the same C{backup-requested} answer and the same progress and result.
+A connection is answered once per request, however often it asks, and at
+most L{MAX_WATCHERS} connections follow one host's request.
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ import attrs
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from bpctunnel.backuppc.server_mesg import BACKUP_FAILED, NO_PING, BackupTrigger, HostStatus
+from bpctunnel.backuppc.server_mesg import (
+    BACKUP_FAILED, NO_PING, BackupReply, BackupTrigger, HostStatus,
+)
 
 #: BackupPC_serverMesg's backup types for an incremental and a full backup.
 INCREMENTAL, FULL = "0", "1"
@@ -55,6 +65,9 @@ MAX_COUNT = 10**9
 #: report (its rsync still exiting), and how often it looks.
 REPORT_GRACE = 10.0
 REPORT_POLL = 0.05
+#: Connections that may follow one host's request at once (the host's own
+#: tunnel and C{backup-now} connections alike).
+MAX_WATCHERS = 8
 
 
 @attrs.define
@@ -98,6 +111,10 @@ class _Pending:
     #: The modules BackupPC asked for since the request, in order.
     modules: list = attrs.Factory(list)
     loop: LoopingCall | None = None
+    #: BackupPC's answer to the request (a L{BackupReply}), once it came.
+    reply: BackupReply | None = None
+    #: Connections refused (too many watchers) during this request.
+    refused: set = attrs.Factory(set)
     #: When the laptop asked (the desk's clock), and the status poll.
     requested_at: float = 0.0
     status_loop: LoopingCall | None = None
@@ -139,36 +156,89 @@ class BackupDesk:
         self.interval = interval
         self.status_interval = status_interval
         self._pending: dict[str, _Pending] = {}
+        #: Hosts whose request BackupPC is being asked now (one at a time).
+        self._asking: set[str] = set()
+        #: Connections told that this server takes no requests (told once).
+        self._told_no: set = set()
 
     def request(self, connection, full: bool = False) -> None:
-        """C{connection} asks for a backup of its host now."""
+        """
+        C{connection} asks for a backup of its host now: BackupPC is asked,
+        unless a request for the host is being asked or pending already;
+        then C{connection} joins it.
+        """
         host = connection.host
         kind = "full" if full else "incremental"
+        what = "a full" if full else "an incremental"
         if self.trigger is None:
+            if connection not in self._told_no:
+                self._told_no.add(connection)
+                connection.send_control({
+                    "type": "backup-requested", "ok": False,
+                    "message": "this server does not take backup requests from laptops "
+                               "(it runs with --no-backup-now); ask the BackupPC admin"})
+            return
+        pending = self._pending.get(host)
+        if pending is not None and (connection in pending.subscribers
+                                    or connection in pending.refused):
+            return  # asked again: it has its answer, or will have
+        if pending is not None and len(pending.subscribers) >= MAX_WATCHERS:
+            pending.refused.add(connection)
+            self.log.warn("refusing a backup request for {client_name}: {count} connections "
+                          "follow its request already", client_name=host,
+                          count=len(pending.subscribers))
             connection.send_control({
                 "type": "backup-requested", "ok": False,
-                "message": "this server does not take backup requests from laptops "
-                           "(it runs with --no-backup-now); ask the BackupPC admin"})
+                "message": f"{MAX_WATCHERS} connections follow the backup request of "
+                           f"{host} already (the most there may be); try again when it is "
+                           f"done"})
             return
-        self.log.info("{client_name} asks for a {kind} backup now", client_name=host, kind=kind)
-        pending = self._pending.get(host)
         if pending is None:
             pending = self._pending[host] = _Pending(_Carried.starting_at(self.tunnels.get(host)),
                                                      requested_at=self.clock.seconds())
         pending.subscribers.add(connection)
-        d = self.trigger.request_backup(host, FULL if full else INCREMENTAL)
-        d.addCallback(self._requested, connection, host)
-        d.addErrback(lambda f: self.log.failure("asking BackupPC for {client_name} failed", f,
-                                                client_name=host))
+        if pending.reply is not None:
+            # The backup is pending: same answer, same progress, same result.
+            self.log.info("{client_name} asks for {what} backup now; it joins the one "
+                          "BackupPC has taken", client_name=host, kind=kind, what=what)
+            self._answer(connection, pending)
+            return
+        if host in self._asking:
+            self.log.info("{client_name} asks for {what} backup now; it joins the request "
+                          "BackupPC is being asked", client_name=host, kind=kind, what=what)
+            return
+        self.log.info("{client_name} asks for {what} backup now", client_name=host, kind=kind,
+                      what=what)
+        self._asking.add(host)
+        try:
+            d = self.trigger.request_backup(host, FULL if full else INCREMENTAL)
+        except Exception:
+            self._asking.discard(host)
+            raise
+        d.addCallbacks(self._requested, self._request_failed, callbackArgs=(host,),
+                       errbackArgs=(host,))
+        d.addErrback(lambda f: self.log.failure("answering the backup request of {client_name} "
+                                                "failed", f, client_name=host))
 
-    def _requested(self, reply, connection, host: str) -> None:
+    def _request_failed(self, failure, host: str) -> None:
+        self.log.failure("asking BackupPC for {client_name} failed", failure, client_name=host)
+        self._requested(BackupReply(False, f"the server could not ask BackupPC: "
+                                           f"{failure.getErrorMessage()}"), host)
+
+    def _requested(self, reply: BackupReply, host: str) -> None:
+        """BackupPC answered: the request of C{host} that is pending now has its reply."""
+        self._asking.discard(host)
         pending = self._pending.get(host)
-        if pending is None or connection not in pending.subscribers:
-            return  # the backup ended, or the laptop left, meanwhile
-        connection.send_control({"type": "backup-requested", "ok": reply.ok,
-                                 "message": reply.text})
+        if pending is None or pending.reply is not None:
+            return  # the backup ended, or everyone left, meanwhile
+        pending.reply = reply
+        for connection in list(pending.subscribers):
+            self._answer(connection, pending)
         if not reply.ok:
-            self._unsubscribe(host, connection)
+            # Declined: the request is over; the next one asks again.
+            if self._pending.get(host) is pending:
+                del self._pending[host]
+            self._stop(pending)
             return
         if pending.loop is None:
             pending.loop = LoopingCall(self._report, host)
@@ -180,6 +250,13 @@ class BackupDesk:
             pending.status_loop.start(self.status_interval, now=False).addErrback(
                 lambda f: self.log.failure("watching BackupPC's status of {client_name} failed",
                                            f, client_name=host))
+
+    @staticmethod
+    def _answer(connection, pending: _Pending) -> None:
+        """C{connection}'s C{backup-requested} (once per request: see L{request})."""
+        reply = pending.reply
+        connection.send_control({"type": "backup-requested", "ok": reply.ok,
+                                 "message": reply.text})
 
     def module_started(self, host: str, module: str) -> None:
         """BackupPC asked C{host}'s tunnel for C{module}: report it at once."""
@@ -340,6 +417,7 @@ class BackupDesk:
 
     def forget(self, connection) -> None:
         """C{connection} is gone."""
+        self._told_no.discard(connection)
         if connection.host is not None:
             self._unsubscribe(connection.host, connection)
 
@@ -348,6 +426,7 @@ class BackupDesk:
         if pending is None:
             return
         pending.subscribers.discard(connection)
+        pending.refused.discard(connection)
         if not pending.subscribers:
             del self._pending[host]
             self._stop(pending)

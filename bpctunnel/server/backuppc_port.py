@@ -7,6 +7,11 @@ secret (L{bpctunnel.client.rsync_auth}) the port itself lets in only the
 users of L{LocalUsers}: BackupPC's user and root, by the uid of the
 connecting socket (L{bpctunnel.transport.peer_credentials}).  Anyone else
 is cut off before a channel opens, with a log line naming the uid.
+
+A tunnel that has carried no data from the laptop for a moment may have
+died silently (a laptop that left the Wi-Fi): before BackupPC's connection
+goes into it, the server probes it (C{--probe-timeout}), and if it does not
+answer, BackupPC is told in seconds rather than after the keepalive's minute.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from bpctunnel.transport.peer_credentials import tcp_connection_owner
 from bpctunnel.transport.sockets import release_and_close, tune_for_bulk
 from bpctunnel.wire.rsync_greeting import ModuleSniffer
 from bpctunnel.wire.mux import LOCAL_READ_SIZE, ILocalEnd
+from bpctunnel.wire.violations import ViolationCounter
 
 
 @attrs.frozen
@@ -75,16 +81,22 @@ class LocalConnectionProtocol(Protocol):
     One TCP connection from BackupPC, carried as one channel.
 
     Reading stays paused until the client has started rsync and granted
-    credit, so the first bytes always have somewhere to go.
+    credit, so the first bytes always have somewhere to go; into a silent
+    tunnel, also until the client has answered a probe (the channel opens
+    only then).
     """
 
     log = Logger()
 
-    def __init__(self, tunnel, local_users: LocalUsers | None = None):
+    def __init__(self, tunnel, local_users: LocalUsers | None = None,
+                 refusals: ViolationCounter | None = None):
         self.tunnel = tunnel
         self.local_users = local_users
+        #: Where refused local connections are logged, within bounds.
+        self.refusals = refusals
         self.channel = None
         self._greeting = ModuleSniffer()
+        self._gone = False
 
     @property
     def module(self) -> str | None:
@@ -95,12 +107,43 @@ class LocalConnectionProtocol(Protocol):
         peer = self.transport.getPeer()
         refusal = self.local_users and self.local_users.refusal(peer, self.transport.getHost())
         if refusal:
-            self.log.warn("refused a local connection to the port of {client_name} from "
-                          "{peer}: {refusal}", client_name=self.tunnel.host,
-                          peer=f"{peer.host}:{peer.port}", refusal=refusal)
+            line = ("refused a local connection to the port of {client_name} from {peer}: "
+                    "{refusal}")
+            fields = dict(client_name=self.tunnel.host, peer=f"{peer.host}:{peer.port}",
+                          refusal=refusal)
+            if self.refusals is None:
+                self.log.warn(line, **fields)
+            else:
+                self.refusals.count("refused local connections", line, **fields)
             self.transport.abortConnection()
             return
         tune_for_bulk(self.transport, LOCAL_READ_SIZE)
+        # Nothing is read from BackupPC until the channel exists: what it
+        # sends meanwhile waits in the socket.
+        self.transport.pauseProducing()
+        answered = self.tunnel.probe_if_silent()
+        probed = not answered.called
+        answered.addCallback(self._answered, probed).addErrback(self._failed)
+
+    def _answered(self, alive: bool, probed: bool) -> None:
+        if self._gone:
+            return
+        if not alive:
+            if self.tunnel.mux is None or self.tunnel.mux.lost:
+                self.log.info("closing BackupPC's connection to {client_name}: the tunnel "
+                              "closed", client_name=self.tunnel.host)
+            else:
+                self.log.warn("{client_name} did not answer a probe within {timeout:g} "
+                              "seconds; closing BackupPC's connection (the keepalive decides "
+                              "about the tunnel)", client_name=self.tunnel.host,
+                              timeout=self.tunnel.server.settings.probe_timeout)
+            self.transport.abortConnection()
+            return
+        # While the probe was out, the tunnel may have been revoked or filled up.
+        if probed and not self.tunnel.may_carry_connection():
+            self.transport.abortConnection()
+            return
+        peer = self.transport.getPeer()
         self.channel = self.tunnel.mux.open_channel({"peer": f"{peer.host}:{peer.port}"})
         self.channel.attach(self)
         self.transport.registerProducer(self.channel, True)
@@ -109,6 +152,12 @@ class LocalConnectionProtocol(Protocol):
             channel_id=self.channel.channel_id,
             client_name=self.tunnel.host,
         )
+        # The channel resumes reading once the client has accepted it.
+
+    def _failed(self, failure) -> None:
+        self.log.failure("opening a channel for {client_name} failed", failure,
+                         client_name=self.tunnel.host)
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.channel is None:
@@ -128,8 +177,9 @@ class LocalConnectionProtocol(Protocol):
         pass
 
     def connectionLost(self, reason=None) -> None:
+        self._gone = True
         if self.channel is None:
-            return              # refused in connectionMade
+            return              # refused, or lost before its channel opened
         error = None
         if reason is not None and not reason.check(ConnectionDone):
             error = f"BackupPC's connection failed: {reason.getErrorMessage()}"
@@ -180,11 +230,13 @@ class LocalListenerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, tunnel, local_users: LocalUsers | None = None):
+    def __init__(self, tunnel, local_users: LocalUsers | None = None,
+                 refusals: ViolationCounter | None = None):
         self.tunnel = tunnel
         self.local_users = local_users
+        self.refusals = refusals
 
     def buildProtocol(self, addr):
         if not self.tunnel.may_carry_connection():
             return None
-        return LocalConnectionProtocol(self.tunnel, self.local_users)
+        return LocalConnectionProtocol(self.tunnel, self.local_users, self.refusals)

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from bpctunnel.errors import BpcTunnelError, Refused
 from bpctunnel.refusals import Refusal
+from bpctunnel.wire.violations import ViolationCounter
 
 
 class HandshakeDenied(Exception):
@@ -28,19 +29,28 @@ class HandshakeRefusals:
     Turns why a handshake fails into a L{HandshakeDenied}, logged and counted.
 
     @param metrics: a L{bpctunnel.server.metrics.ServerMetrics}.
+    @param bounded: where refusals are logged, within bounds per refusal
+        (a client may retry as fast as it likes), or C{None}: every one.
     """
 
     log = Logger()
 
-    def __init__(self, metrics):
+    def __init__(self, metrics, bounded: ViolationCounter | None = None):
         self.metrics = metrics
+        self._bounded = bounded
+
+    def _warn(self, refusal: Refusal, format: str, /, **fields) -> None:
+        if self._bounded is None:
+            self.log.warn(format, refusal_code=refusal.code, **fields)
+        else:
+            self._bounded.count(f"refusals ({refusal.code})", format,
+                                refusal_code=refusal.code, **fields)
 
     def deny(self, peer: str, refusal: Refusal, reason: str) -> HandshakeDenied:
         """Refuse C{peer} for a fault in its request itself (its path, its protocols)."""
         # The reason may quote what the peer sent: it goes to the log and
         # back to the peer, never into a metric label.
-        self.log.warn("refused {peer}: {reason}", peer=peer, reason=reason,
-                      refusal_code=refusal.code)
+        self._warn(refusal, "refused {peer}: {reason}", peer=peer, reason=reason)
         self.metrics.refused(refusal)
         return HandshakeDenied(refusal, refusal.http_status, reason)
 
@@ -54,14 +64,9 @@ class HandshakeRefusals:
             error = failure.value
             refusal = error.refusal or Refusal.INTERNAL_ERROR
             self.metrics.refused(refusal)
-            self.log.warn(
-                "refused {client_name} from {peer}: {reason}",
-                client_name=error.host,
-                peer=peer,
-                reason=str(error),
-                refusal=error.reason,
-                refusal_code=refusal.code,
-            )
+            self._warn(refusal, "refused {client_name} from {peer}: {reason}",
+                       client_name=error.host, peer=peer, reason=str(error),
+                       refusal=error.reason)
             return HandshakeDenied(refusal, error.http_status, str(error))
         if failure.check(BpcTunnelError):
             refusal = Refusal.SERVER_CONFIG_ERROR

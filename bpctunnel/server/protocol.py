@@ -27,7 +27,9 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bpctunnel.backuppc.server_mesg import BackupTrigger
@@ -36,6 +38,7 @@ from bpctunnel.server.server_state import ServerState
 from bpctunnel.server.session import ITunnelLink, TunnelSession
 from bpctunnel.server.settings import ServerSettings
 from bpctunnel.transport.autobahn_timers import ReactorTimer, cancel_close_timeout
+from bpctunnel.transport.sockets import ride_out_outages
 from bpctunnel.transport.tls import peer_certificate_der
 from bpctunnel.transport.websocket_fast import FastBinaryMixin, forget_handshake
 from bpctunnel.wire import framing
@@ -97,6 +100,14 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
         self._started = True
         super().connectionMade()
 
+    def dataReceived(self, data: bytes) -> None:
+        # Until the tunnel opens, what a client sends is bounded: Autobahn
+        # would keep headers that never end.
+        if not self._started or (self.state == self.STATE_CONNECTING
+                                 and not self.session.received_before_open(len(data))):
+            return
+        super().dataReceived(data)
+
     def onConnect(self, request):
         # Behind a proxy speaking the PROXY protocol, the client's real
         # address is only known once the header has been read.
@@ -108,10 +119,16 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     def onOpen(self) -> None:
         forget_handshake(self)
         self.registerProducer(self.session.mux, True)
+        ride_out_outages(self.transport, self.session.keepalive.timeout)
         self.session.opened()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.session.message_received(payload, isBinary)
+
+    def onPing(self, payload: bytes) -> None:
+        # The pong's frame: a 2-byte header and the payload (at most 125 bytes).
+        if self.session.ping_received(2 + len(payload)):
+            super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:
         self.session.pong_received(payload)
@@ -122,7 +139,10 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
     def connectionLost(self, reason) -> None:
         tls_error = tls_error_text(reason.value) if reason.check(SSL.Error) else None
         if self._started:
-            super().connectionLost(reason)
+            # Autobahn logs every failed TLS handshake as an error, one line
+            # per connection; the session logs them within bounds.
+            super().connectionLost(Failure(ConnectionLost(tls_error)) if tls_error is not None
+                                   else reason)
             cancel_close_timeout(self)
         self.session.connection_lost(tls_error)
 
@@ -136,7 +156,13 @@ class TunnelServerProtocol(FastBinaryMixin, WebSocketServerProtocol):
             self.sendClose(code=code, reason=_close_reason(reason))
 
     def abort_connection(self) -> None:
-        self.dropConnection(abort=True)
+        if self.state == self.STATE_OPEN:
+            self.dropConnection(abort=True)
+        else:
+            # In its handshakes (a deadline, an eviction, a handshake too
+            # large): the session logs it within bounds, and Autobahn's
+            # dropConnection would add a warning per connection.
+            self.transport.abortConnection()
 
 
 def _connection_deny(failure):
@@ -222,6 +248,7 @@ class TunnelServerFactory(WebSocketServerFactory):
 
     def stopFactory(self) -> None:
         self.state.stop_checks()
+        self.state.outsiders.flush()
         super().stopFactory()
 
     def check_tunnels(self) -> None:

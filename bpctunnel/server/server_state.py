@@ -1,8 +1,8 @@
 """
 What the tunnel server shares across its connections, apart from any
 protocol: the live tunnels, the handshake limit, the host authorization, the
-refusals, the backup desk, the metrics and the observers; and the periodic check of the
-live tunnels.
+refusals, the backup desk, the metrics and the observers; the periodic check of the
+live tunnels; and, when the server stops, the notice to every open tunnel.
 
 A connection's L{bpctunnel.server.session.TunnelSession} works on this;
 L{bpctunnel.server.protocol.TunnelServerFactory} makes one and starts and
@@ -11,15 +11,18 @@ stops its checks.
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from bpctunnel.backuppc.server_mesg import BackupTrigger
+from bpctunnel.refusals import Notice
 from bpctunnel.server.admission import HandshakeLimit
 from bpctunnel.server.authorization import HostAuthorization
 from bpctunnel.server.backup_requests import BackupDesk
@@ -28,6 +31,10 @@ from bpctunnel.server.metrics import ServerMetrics
 from bpctunnel.server.settings import ServerSettings
 from bpctunnel.server.backuppc_port import LocalUsers
 from bpctunnel.server.tunnels import TunnelRegistry
+from bpctunnel.wire.violations import ViolationCounter
+
+#: How long a stopping server waits for its tunnels' closing handshakes.
+STOP_GRACE = 2.0
 
 
 class ServerState:
@@ -59,15 +66,25 @@ class ServerState:
         self.local_users = LocalUsers(settings.local_uids)
         self.metrics = ServerMetrics(self.tunnels)
         self.listen_local = listen_local or self._listen_tcp
+        #: What clients before authentication and local users at a laptop's
+        #: port do wrong, logged within bounds: the first few lines of each
+        #: kind at once, then a sum every few seconds (they may try as
+        #: fast as they like).
+        self.outsiders = ViolationCounter(reactor, "", budget=math.inf)
         self.handshakes = HandshakeLimit(reactor, settings.max_unauthenticated,
-                                         settings.max_handshakes, self.metrics.refused)
+                                         settings.max_handshakes, self.metrics.refused,
+                                         self.outsiders)
         self.authorization = HostAuthorization(settings.backuppc_conf)
-        self.refusals = HandshakeRefusals(self.metrics)
+        self.refusals = HandshakeRefusals(self.metrics, self.outsiders)
         #: Callables C{(event, tunnel)} told when a tunnel opens ("open") and
         #: closes ("closed"), the client's names for the same events.
         self.observers: list[Callable] = []
         #: backup-now connections that follow another connection's tunnel.
         self.watchers: set = set()
+        #: The sessions whose tunnel opened and whose connection is not yet
+        #: gone (L{bpctunnel.server.session.TunnelSession}s): what a
+        #: stopping server closes.
+        self.open_sessions: set = set()
         self.backup_desk = BackupDesk(reactor, self.tunnels, backup_trigger)
         self._checker = LoopingCall(self.check_tunnels)
         self._checker.clock = reactor
@@ -99,3 +116,46 @@ class ServerState:
 
     def _listen_tcp(self, port: int, factory: Factory) -> Deferred:
         return TCP4ServerEndpoint(self._reactor, port, interface="127.0.0.1").listen(factory)
+
+    def close_for_stop(self, grace: float = STOP_GRACE) -> Deferred:
+        """
+        The server is stopping: close every open tunnel saying so
+        (L{Notice.SERVER_RESTARTING}), so that laptops come back as soon as
+        it is up again rather than count a failure.  Fires once the
+        connections are gone, or after C{grace} seconds (a client that does
+        not answer must not hold up the stop; the reactor drops the rest).
+        """
+        sessions = list(self.open_sessions)
+        if not sessions:
+            return succeed(None)
+        notice = Notice.SERVER_RESTARTING
+        self.log.info("the server is stopping: closing {count} tunnel(s) ({reason})",
+                      count=len(sessions), reason=notice.words)
+        gone = [session.when_gone() for session in sessions]
+        reason = notice.text("the bpctunnel server is stopping; reconnect when it is back")
+        for session in sessions:
+            try:
+                session.close_tunnel(notice.close_code, reason)
+            except Exception:
+                self.log.failure("closing the tunnel of {client_name} failed",
+                                 client_name=session.host)
+        done = Deferred()
+
+        def late() -> None:
+            left = [s.host for s in sessions if s in self.open_sessions]
+            self.log.warn("{count} tunnel(s) did not close within {grace:g} seconds "
+                          "({hosts}); stopping anyway", count=len(left), grace=grace,
+                          hosts=", ".join(str(h) for h in left))
+            done.callback(None)
+            for d in gone:
+                d.cancel()
+
+        timer = self.clock.callLater(grace, late)
+
+        def all_gone(_) -> None:
+            if not done.called:
+                timer.cancel()
+                done.callback(None)
+
+        DeferredList(gone, consumeErrors=True).addCallback(all_gone)
+        return done

@@ -9,7 +9,7 @@ import pwd
 from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -25,6 +25,7 @@ from bpctunnel.transport.listen_address import listen_description
 from bpctunnel.server.endpoints import plain_endpoint, tunnel_endpoint
 from bpctunnel.server.protocol import ServerSettings, TunnelServerFactory
 from bpctunnel.server.api import make_api_site
+from bpctunnel.server.server_state import STOP_GRACE, ServerState
 from bpctunnel.transport.tls import server_tls_options
 from bpctunnel.twistd_options import PluginOptions
 
@@ -249,6 +250,23 @@ class LoggingEndpoint:
         return port
 
 
+class RestartNoticeService(Service):
+    """
+    Tells every open tunnel that the server is stopping (twistd on SIGTERM
+    stops the services), so that laptops log a restart, not a failure, and
+    come back at once; the stop waits for that at most C{grace} seconds
+    (L{ServerState.close_for_stop}).
+    """
+
+    def __init__(self, state: ServerState, grace: float = STOP_GRACE):
+        self.state = state
+        self.grace = grace
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return self.state.close_for_stop(self.grace)
+
+
 def makeService(options: Options, reactor=None):
     """Build the server's service from parsed L{Options}."""
     if reactor is None:
@@ -273,4 +291,7 @@ def makeService(options: Options, reactor=None):
         StreamServerEndpointService(LoggingEndpoint(api, "status API and /metrics"),
                                     make_api_site(factory, options["api_token"])
                                     ).setServiceParent(top)
+    # Stopped in the same turn of the reactor as the listeners: no new
+    # connection arrives once the notice has gone out.
+    RestartNoticeService(factory.state).setServiceParent(top)
     return top

@@ -30,11 +30,13 @@ from bpctunnel.errors import (
     PortUnavailable,
     ProtocolError,
     Refused,
+    TooManyWatchers,
     UnknownHost,
 )
 from bpctunnel.pki import common_name, fingerprint_sha256, not_after
 from bpctunnel.refusals import Refusal
 from bpctunnel.server.admission import HandshakeSlot
+from bpctunnel.server.backup_requests import MAX_WATCHERS
 from bpctunnel.server.backuppc_port import LocalListenerFactory
 from bpctunnel.server.keepalive import Keepalive, RoundTrips
 from bpctunnel.server.server_state import ServerState
@@ -44,6 +46,16 @@ from bpctunnel.wire.mux import Multiplexer
 TUNNEL_PATH = "/tunnel"
 #: A client whose ping stays unanswered this many keepalive intervals is dead.
 DEAD_AFTER_INTERVALS = 2
+#: backup-now connections that may follow one host's tunnel at once (with
+#: the tunnel itself, the backup desk's L{MAX_WATCHERS} of one request).
+MAX_FOLLOWERS = MAX_WATCHERS - 1
+#: The most a client may send before its tunnel opens (its HTTP upgrade
+#: request is a few hundred bytes; proxies add a few headers).
+MAX_HANDSHAKE_BYTES = 16 * 1024
+#: BackupPC's connection goes straight into a tunnel that carried data from
+#: the client within this many seconds; into a quieter one only once the
+#: client answers a probe (--probe-timeout): its link may have died since.
+RECENT_DATA = 2.0
 #: Bounds on a client's announced module list (names as rsyncd.conf allows).
 MAX_MODULES = 256
 MAX_MODULE_NAME = 255
@@ -105,13 +117,20 @@ class TunnelSession:
     _cleaned_up = False
     _slot: HandshakeSlot | None = None
     _deadline: IDelayedCall | None = None
+    _handshake_bytes = 0
+    #: When data last came from the client through a channel (C{None}: never).
+    data_heard_at: float | None = None
 
     def __init__(self, server: ServerState, link):
         self.server = server
         self.link = link
         self.clock = server.clock
         self._down = Deferred()
+        self._gone = False
+        self._gone_waiters: list[Deferred] = []
         self._pings = RoundTrips(self.clock, self._send_ping_message)
+        # BackupPC's probes (L{probe_if_silent}): any sign of life answers them.
+        self._probes = RoundTrips(self.clock, self._send_ping_message)
         interval = server.settings.keepalive
         # The dead-peer time the README promises: a ping unanswered for two
         # intervals, so an outage shorter than that costs no tunnel wherever
@@ -128,7 +147,8 @@ class TunnelSession:
         C{handshake_timeout} seconds to open its tunnel.
         """
         self.peer_ip, self.peer_address = peer_ip, peer_address
-        self._slot = self.server.handshakes.admit(peer_ip, peer_address)
+        self._slot = self.server.handshakes.admit(peer_ip, peer_address,
+                                                  evict=self.link.abort_connection)
         if self._slot is None:
             return False
         self._deadline = self.clock.callLater(self.server.settings.handshake_timeout,
@@ -140,6 +160,22 @@ class TunnelSession:
         self.log.debug("{peer} did not finish its handshakes within {timeout:g} seconds",
                        peer=self.peer_address, timeout=self.server.settings.handshake_timeout)
         self.link.abort_connection()
+
+    def received_before_open(self, size: int) -> bool:
+        """
+        C{size} more bytes arrived before the tunnel opened: whether the
+        connection is still within L{MAX_HANDSHAKE_BYTES}.  If not, it is
+        dropped (and the line that says so is among a bounded few).
+        """
+        self._handshake_bytes += size
+        if self._handshake_bytes <= MAX_HANDSHAKE_BYTES:
+            return True
+        self.server.handshakes.failed(
+            "oversized opening handshakes",
+            "dropping the connection from {peer}: its opening handshake is larger than "
+            "{limit} KiB", peer=self.peer_address, limit=MAX_HANDSHAKE_BYTES // 1024)
+        self.link.abort_connection()
+        return False
 
     def _handshake_over(self) -> None:
         # The connection authenticated, or went away: its place is free.
@@ -162,6 +198,9 @@ class TunnelSession:
             (if any) has been read.
         """
         self.peer_address = peer_address
+        if self._slot is not None:
+            # Its request is being answered: no newcomer takes its place now.
+            self._slot.requested()
         refusals = self.server.refusals
         if path != TUNNEL_PATH:
             wrong = Refusal.WRONG_PATH
@@ -192,7 +231,7 @@ class TunnelSession:
         settings = self.server.authorization.authorize_new(self.common_name, self.fingerprint)
         self.host, self.settings = settings.host, settings
         d = self.server.tunnels.claim(settings.host, self.link)
-        listener = LocalListenerFactory(self, self.server.local_users)
+        listener = LocalListenerFactory(self, self.server.local_users, self.server.outsiders)
         d.addCallback(lambda _: self.server.listen_local(settings.port, listener))
         d.addCallbacks(self._listening, self._listen_failed)
         if self.role == "backup-now":
@@ -213,6 +252,10 @@ class TunnelSession:
         failure.trap(AlreadyConnected)
         if self._cleaned_up:
             return
+        following = sum(1 for link in self.server.watchers if link.host == self.host)
+        if following >= MAX_FOLLOWERS:
+            raise TooManyWatchers(self.host, f"{following} are following its tunnel already "
+                                             f"(at most {MAX_FOLLOWERS})")
         self.watching = True
         self.server.watchers.add(self.link)
         self._make_mux()
@@ -246,6 +289,7 @@ class TunnelSession:
         self.connected_at = self.clock.seconds()
         self.server.metrics.handshakes.inc()
         self.keepalive.start()
+        self.server.open_sessions.add(self)
         if self.watching:
             self.log.info("backup-now of {client_name} from {peer} follows the tunnel already up",
                           client_name=self.host, peer=self.peer_address)
@@ -263,6 +307,7 @@ class TunnelSession:
     def message_received(self, payload: bytes, is_binary: bool) -> None:
         """A WebSocket message came from the client."""
         self.keepalive.heard_from_peer()
+        self._heard_from_client()
         # Once the tunnel is closed (say, after a protocol error) messages
         # still in flight are dropped, not logged one by one.
         if self.mux is None or self._cleaned_up:
@@ -270,14 +315,18 @@ class TunnelSession:
         if not is_binary:
             self._protocol_error("a text message (the protocol is binary only)")
             return
+        bytes_in = self.mux.bytes_in
         try:
             self.mux.message_received(payload)
         except ProtocolError as e:
             self._protocol_error(str(e))
+        if self.mux.bytes_in != bytes_in:
+            self.data_heard_at = self.clock.seconds()
 
     def pong_received(self, payload: bytes) -> None:
         """A WebSocket pong frame came from the client."""
         self.keepalive.pong(payload)
+        self._heard_from_client()
 
     def _keepalive_failed(self) -> None:
         self._log_closed(f"ping timeout: no answer within {self.keepalive.timeout:g} seconds "
@@ -305,8 +354,29 @@ class TunnelSession:
             self.served_modules = tuple(
                 str(m)[:MAX_MODULE_NAME] for m in body["modules"][:MAX_MODULES])
         else:
-            self.log.debug("ignoring control message {message_type} from {client_name}",
-                           message_type=str(body.get("type"))[:40], client_name=self.host)
+            # Allowed (a newer client may say more), but counted: a flood of
+            # them is logged in sums and, past the budget, closes the tunnel.
+            self.mux.violation("unknown control messages",
+                               f"ignoring control message {str(body.get('type'))[:40]!r}")
+
+    def ping_received(self, size: int) -> bool:
+        """
+        The client sent a WebSocket ping whose answer is C{size} bytes:
+        whether to answer it.  Answers the client does not read count
+        against its budget (L{Multiplexer.answering}); past it, the tunnel
+        closes.
+        """
+        self._heard_from_client()
+        if self.mux is None:
+            return True
+        if self.mux.failed is not None:
+            return False
+        try:
+            self.mux.answering(size)
+        except ProtocolError as e:
+            self._protocol_error(str(e))
+            return False
+        return True
 
     def _protocol_error(self, what: str) -> None:
         self.log.warn(
@@ -336,6 +406,27 @@ class TunnelSession:
         if self.mux is None:
             return succeed(not self._cleaned_up)  # still in its own handshake
         return self.ping(timeout).addCallback(lambda rtt: rtt is not None)
+
+    def probe_if_silent(self) -> Deferred:
+        """
+        Whether BackupPC's new connection may go into this tunnel: fires with
+        C{True} at once if the client sent data within L{RECENT_DATA}
+        seconds, else with whether it answers a PING within
+        C{--probe-timeout} seconds.  Anything from the client answers it, as
+        it answers the keepalive: after an outage the PING may wait behind
+        the server's own retransmissions while the client's already arrive.
+        """
+        if self.mux is None or self.mux.lost:
+            return succeed(False)
+        if self.data_heard_at is not None and \
+                self.clock.seconds() - self.data_heard_at <= RECENT_DATA:
+            return succeed(True)
+        return self._probes.ping(self.server.settings.probe_timeout).addCallback(
+            lambda rtt: rtt is not None)
+
+    def _heard_from_client(self) -> None:
+        if self._probes.outstanding:
+            self._probes.answer_all()
 
     def ping(self, timeout: float) -> Deferred:
         """
@@ -420,10 +511,24 @@ class TunnelSession:
         """
         if self.host is None and tls_error is not None:
             # The client never got past TLS: say why, for the admin.
-            self.log.warn("TLS handshake with {peer} failed: {error}", peer=self.peer_address,
-                          error=tls_error)
+            self.server.handshakes.failed("failed TLS handshakes",
+                                          "TLS handshake with {peer} failed: {error}",
+                                          peer=self.peer_address, error=tls_error)
         self._handshake_over()
         self._cleanup("the tunnel connection was lost")
+        self._gone = True
+        self.server.open_sessions.discard(self)
+        waiters, self._gone_waiters = self._gone_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def when_gone(self) -> Deferred:
+        """Fires once the connection is gone (cancelling it only stops the wait)."""
+        if self._gone:
+            return succeed(None)
+        d = Deferred(self._gone_waiters.remove)
+        self._gone_waiters.append(d)
+        return d
 
     def _log_closed(self, reason: str) -> None:
         if self.host is not None and self.mux is not None and not self._cleaned_up:
@@ -435,9 +540,12 @@ class TunnelSession:
             return
         self._cleaned_up = True
         self.keepalive.stop()
-        self._pings.stop()
         if self.mux is not None:
             self.mux.tunnel_lost(f"the tunnel of {self.host} closed: {why}")
+        # After the mux: who waits on a ping (BackupPC's connection, say)
+        # then sees that the tunnel closed, not that the client was silent.
+        self._pings.stop()
+        self._probes.stop()
         closed = succeed(None)
         if self.listening_port is not None:
             port, self.listening_port = self.listening_port, None

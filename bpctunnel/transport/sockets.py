@@ -1,6 +1,7 @@
 """
-The sockets that carry bulk data: their read and write sizes (issue 8), and
-closing them while a producer is registered.
+The sockets that carry bulk data: their read and write sizes (issue 8),
+how the tunnel's TCP connection rides out an outage (issue 16), and closing
+them while a producer is registered.
 
 Every read Twisted makes from a socket passes through all the layers of the
 tunnel (TLS, WebSocket, multiplexer, channel) once, and every write goes
@@ -10,6 +11,8 @@ the tunnel's sockets read and send more per call.
 """
 
 from __future__ import annotations
+
+import socket
 
 from twisted.protocols.policies import ProtocolWrapper
 
@@ -31,6 +34,50 @@ def tune_for_bulk(transport, read_size: int) -> None:
     transport = socket_under(transport)
     transport.bufferSize = read_size
     transport.SEND_LIMIT = SEND_SIZE
+
+
+#: The longest TCP waits between two retransmissions on a tunnel's socket.
+#: Linux doubles the wait after each unanswered one, up to two minutes: after
+#: a 20 s outage the next try came 37 s after the packet it repeated, past the
+#: keepalive's deadline although the link had been back for 17 s.  With this
+#: cap a link that comes back carries the tunnel again within 3 s (within
+#: the server's 5 s --probe-timeout, too).
+RETRANSMIT_CAP = 3.0
+#: Linux's TCP_RTO_MAX_MS (since 6.15; the socket module does not name it).
+TCP_RTO_MAX_MS = getattr(socket, "TCP_RTO_MAX_MS", 44)
+
+
+def ride_out_outages(transport, dead_after: float) -> bool:
+    """
+    Tune the TCP connection under C{transport} (through TLS and PROXY
+    wrappers) for a tunnel whose keepalive gives up after C{dead_after}
+    seconds of silence: retransmissions at most L{RETRANSMIT_CAP} apart, and
+    TCP itself giving up on unacknowledged data only after the keepalive
+    would have (its own limit, fifteen retransmissions, would otherwise
+    shrink with the cap to about a minute).
+
+    An outage that ends C{RETRANSMIT_CAP} plus a round trip before the
+    keepalive's deadline then costs nothing.  Returns whether the cap
+    applied: kernels before Linux 6.15 (and other systems) keep their
+    backoff, and transports that are not sockets are left alone.
+    """
+    transport = socket_under(transport)
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return False
+    sock = get_handle()
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET,
+                                                                  socket.AF_INET6):
+        return False
+    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+    try:
+        if user_timeout is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, user_timeout,
+                            int((dead_after + 2 * RETRANSMIT_CAP) * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, int(RETRANSMIT_CAP * 1000))
+    except OSError:
+        return False
+    return True
 
 
 def socket_under(transport):

@@ -19,7 +19,7 @@ the TLS buffers fill it pauses every local source.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Callable, Sequence
 
 from twisted.internet.interfaces import IPushProducer
@@ -27,6 +27,8 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from bpctunnel.wire import framing
+from bpctunnel.wire.peer_text import peer_text
+from bpctunnel.wire.violations import ViolationCounter
 from bpctunnel.errors import ProtocolError
 
 #: Bytes a receiver lets the sender have in flight on one channel.
@@ -46,6 +48,29 @@ LOCAL_READ_SIZE = MAX_DATA
 #: BackupPC may carry through one laptop's tunnel); a laptop keeps this
 #: bound on what a server may open.
 DEFAULT_MAX_CHANNELS = 64
+#: Channel ids this side forgot (closed, or refused) that it remembers, so
+#: that what the peer sent before it heard of the CLOSE is dropped quietly.
+RECENTLY_CLOSED = 256
+#: Of a remembered channel, the messages other than DATA (CREDIT, EOF,
+#: ACCEPT) that are dropped quietly; its DATA may add up to the credit the
+#: peer still had, at most one window.
+LATE_MESSAGES = 16
+#: Channel ids answered "unknown channel" that this side remembers, so that a
+#: flood on one id gets one answer, not one per message.
+ANSWERED_UNKNOWN = 1024
+
+#: Bytes of answers (PONGs, WebSocket pongs) this side may write while the
+#: peer is not reading -- the transport has paused the multiplexer -- before
+#: the tunnel is closed: a peer that pings and never reads the answers costs
+#: at most this much memory (plus what the socket holds).
+UNREAD_ANSWERS = 1024 * 1024
+
+#: Kinds of protocol violation (see L{ViolationCounter}).
+UNKNOWN_TYPES = "messages of unknown types"
+UNKNOWN_CHANNELS = "messages for unknown channels"
+LATE_FOR_CLOSED = "messages for closed channels beyond what was in flight"
+CHANNEL_ERRORS = "messages that broke a channel's rules"
+UNWANTED_OPENS = "channels opened on a side that accepts none"
 
 
 class ILocalEnd(Interface):
@@ -326,7 +351,14 @@ class Multiplexer:
         C{None} refuses every channel the peer opens.
     @param on_control: called with the body of each CONTROL message.
     @param on_pong: called with the payload of each PONG.
-    @param clock: an C{IReactorTime} for the channels' activity times.
+    @param clock: an C{IReactorTime} for the channels' activity times and
+        the L{ViolationCounter} (see L{violation}); without one, violations
+        are logged within bounds but never close the tunnel.
+
+    What the peer does wrong without breaking the tunnel (an unknown message
+    type, a message for a channel that does not exist) is logged within
+    bounds, and too much of it raises L{ProtocolError}: see
+    L{bpctunnel.wire.violations}.
     """
 
     log = Logger()
@@ -346,6 +378,15 @@ class Multiplexer:
         clock=None,
     ):
         self.seconds = clock.seconds if clock is not None else (lambda: 0.0)
+        #: The peer's protocol violations (see L{violation}).
+        self.violations = ViolationCounter(clock, name)
+        #: Channel id -> L{_Late}, oldest first, at most L{RECENTLY_CLOSED}.
+        self._recently_closed: OrderedDict[int, _Late] = OrderedDict()
+        #: Channel ids answered "unknown channel", oldest first.
+        self._answered_unknown: OrderedDict[int, None] = OrderedDict()
+        #: Why the peer's messages broke the tunnel (a L{ProtocolError} went
+        #: to the caller, who closes it); later messages are dropped.
+        self.failed: str | None = None
         self._send_bytes = send_bytes
         self._send_pieces = send_pieces
         self._accept_channel = accept_channel
@@ -358,6 +399,8 @@ class Multiplexer:
         self._next_id = 2 if is_server else 1
         self._own_parity = self._next_id % 2
         self.paused = False
+        #: Bytes of answers written since the transport paused us.
+        self._unread_answers = 0
         self.lost = False
         self.channels_opened = 0
         #: Payload bytes carried, over all channels.
@@ -397,18 +440,49 @@ class Multiplexer:
         """
         Handle one binary WebSocket message.
 
-        Problems confined to one channel reset that channel and are logged;
-        a message that cannot be decoded at all raises L{ProtocolError}, and
-        the caller closes the tunnel.
+        Problems confined to one channel reset that channel and are logged
+        (within bounds, see L{violation}); a message that cannot be decoded
+        at all, or one violation too many, raises L{ProtocolError}, and the
+        caller closes the tunnel.  Messages after that, or after
+        L{tunnel_lost}, are dropped.
         """
+        if self.failed is not None or self.lost:
+            return
+        try:
+            self._message_received(payload)
+        except ProtocolError as e:
+            self.failed = str(e)
+            raise
+
+    def violation(self, kind: str, detail: str) -> None:
+        """
+        The peer did something the protocol does not allow that costs it no
+        more than a log line by itself (a CONTROL message of an unknown type,
+        say): log C{detail} within bounds, and count it against the
+        tunnel's budget.
+
+        @param kind: what it is, as a plural noun phrase ("unknown control
+            messages"): the log sums them up by kind.
+        @param detail: this one, in words (made one bounded line here).
+        @raise ProtocolError: the peer has now done too much of it; the
+            caller closes the tunnel (inside L{message_received}'s callbacks,
+            let it propagate: L{message_received}'s caller does).
+        """
+        self.violations.count(kind, "{detail} from {client_name}", detail=peer_text(detail, 200))
+
+    def _message_received(self, payload: bytes) -> None:
         try:
             message = framing.decode(payload)
         except framing.UnknownMessageType as e:
             # A newer peer may send messages we don't know; they are optional.
-            self.log.warn("ignoring {error} from {client_name}", error=str(e), client_name=self.name)
+            self.violations.count(UNKNOWN_TYPES, "ignoring {error} from {client_name}",
+                                  error=str(e))
             return
         if isinstance(message, framing.Ping):
-            self.send(framing.Pong(message.payload))
+            answer = framing.encode(framing.Pong(message.payload))
+            self.answering(len(answer))
+            if not self.lost:
+                self._send_bytes(answer)
         elif isinstance(message, framing.Pong):
             if self._on_pong is not None:
                 self._on_pong(message.payload)
@@ -425,8 +499,12 @@ class Multiplexer:
         if cid % 2 == self._own_parity or cid in self.channels:
             raise ProtocolError(f"peer opened channel {cid}, which is not its to open")
         self.channels_opened += 1
+        self._recently_closed.pop(cid, None)
+        self._answered_unknown.pop(cid, None)
         if self._accept_channel is None:
             refusal = "this side accepts no channels"
+            self.violations.count(UNWANTED_OPENS, "refusing channel {channel_id} opened by "
+                                  "{client_name}: this side accepts no channels", channel_id=cid)
         elif len(self.channels) >= self.max_channels:
             refusal = f"too many channels: at most {self.max_channels} at once"
         else:
@@ -435,6 +513,7 @@ class Multiplexer:
             # A refused channel is not kept: a peer that never answers this
             # CLOSE must not fill the table (memory, and the channel limit).
             self.send(framing.Close(cid, framing.CLOSE_ERROR, refusal))
+            self._forgotten(cid, 0)
             return
         channel = Channel(self, cid, self.window, message.metadata)
         channel._credit = message.window
@@ -448,15 +527,7 @@ class Multiplexer:
     def _channel_message(self, message: framing.Message) -> None:
         channel = self.channels.get(message.channel_id)
         if channel is None:
-            if isinstance(message, framing.Close):
-                return
-            self.log.warn(
-                "message for unknown channel {channel_id} from {client_name}: {message_type}",
-                channel_id=message.channel_id,
-                client_name=self.name,
-                message_type=type(message).__name__,
-            )
-            self.send(framing.Close(message.channel_id, framing.CLOSE_ERROR, "unknown channel"))
+            self._stray(message)
             return
         try:
             match message:
@@ -472,24 +543,73 @@ class Multiplexer:
                     channel._on_close(code, reason)
                     self._channel_maybe_finished(channel)
         except ProtocolError as e:
-            self.log.warn(
-                "resetting channel {channel_id} of {client_name}: {error}",
-                channel_id=channel.channel_id,
-                client_name=self.name,
-                error=str(e),
-            )
+            # Counted first: the budget may end the tunnel instead.
+            self.violations.count(CHANNEL_ERRORS, "resetting channel {channel_id} of "
+                                  "{client_name}: {error}", channel_id=channel.channel_id,
+                                  error=str(e))
             channel.reset(str(e))
+
+    def _stray(self, message: framing.Message) -> None:
+        """A message for a channel not in the table."""
+        cid = message.channel_id
+        if isinstance(message, framing.Close):
+            return  # the answer to our CLOSE, or to our "unknown channel"
+        late = self._recently_closed.get(cid)
+        if late is not None:
+            if late.take(message):
+                return  # sent before the peer heard that we closed it
+            self.violations.count(LATE_FOR_CLOSED, "message for closed channel {channel_id} "
+                                  "from {client_name}: {message_type}", channel_id=cid,
+                                  message_type=type(message).__name__)
+            return
+        self.violations.count(UNKNOWN_CHANNELS, "message for unknown channel {channel_id} "
+                              "from {client_name}: {message_type}", channel_id=cid,
+                              message_type=type(message).__name__)
+        if cid not in self._answered_unknown:
+            # One answer per channel id: a flood on one id is not echoed.
+            _remember(self._answered_unknown, cid, None, ANSWERED_UNKNOWN)
+            self.send(framing.Close(cid, framing.CLOSE_ERROR, "unknown channel"))
 
     def _channel_maybe_finished(self, channel: Channel) -> None:
         if channel.finished and self.channels.get(channel.channel_id) is channel:
             del self.channels[channel.channel_id]
+            self._forgotten(channel.channel_id, channel._peer_may_send)
+
+    def _forgotten(self, channel_id: int, in_flight: int) -> None:
+        """
+        This side forgot C{channel_id}: until it is among the
+        L{RECENTLY_CLOSED} last ones forgotten, up to C{in_flight} bytes of
+        DATA and L{LATE_MESSAGES} other messages for it are dropped quietly.
+        """
+        _remember(self._recently_closed, channel_id, _Late(in_flight, LATE_MESSAGES),
+                  RECENTLY_CLOSED)
 
     def tunnel_lost(self, reason: str) -> None:
         """The WebSocket is gone: every channel fails."""
         self.lost = True
+        self.violations.stop()
         channels, self.channels = self.channels, {}
         for channel in channels.values():
             channel._tunnel_lost(reason)
+
+    def answering(self, size: int) -> None:
+        """
+        This side is about to write C{size} bytes that answer the peer (a
+        PONG here, a WebSocket pong in the protocol above).  While the
+        transport holds what we write (it paused us: the peer is not
+        reading), answers add up; past L{UNREAD_ANSWERS} the peer is
+        asking faster than it reads.
+
+        @raise ProtocolError: too many answers wait for the peer to read
+            them; the caller closes the tunnel.
+        """
+        if not self.paused:
+            return
+        self._unread_answers += size
+        if self._unread_answers > UNREAD_ANSWERS:
+            self.failed = (f"it sends pings faster than it reads the answers: more than "
+                           f"{UNREAD_ANSWERS // 1024:,} KiB of answers wait for it to read them")
+            raise ProtocolError(self.failed)
 
     # -- IPushProducer for the WebSocket transport --------------------------
 
@@ -500,8 +620,41 @@ class Multiplexer:
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self._unread_answers = 0
         for channel in list(self.channels.values()):
             channel._update_source()
 
     def stopProducing(self) -> None:
         self.pauseProducing()
+
+
+class _Late:
+    """What the peer may still send for a channel this side forgot."""
+
+    __slots__ = ("data_bytes", "messages")
+
+    def __init__(self, data_bytes: int, messages: int):
+        self.data_bytes = data_bytes
+        self.messages = messages
+
+    def take(self, message: framing.Message) -> bool:
+        """Whether C{message} fits what may have been in flight (and take it off)."""
+        if isinstance(message, framing.Data):
+            # An empty DATA still counts: a flood of them is not in flight.
+            size = max(1, len(message.payload))
+            if size > self.data_bytes:
+                return False
+            self.data_bytes -= size
+            return True
+        if self.messages <= 0:
+            return False
+        self.messages -= 1
+        return True
+
+
+def _remember(memory: OrderedDict, key, value, limit: int) -> None:
+    """Put C{key} last in C{memory}, dropping the oldest beyond C{limit}."""
+    memory.pop(key, None)
+    memory[key] = value
+    while len(memory) > limit:
+        memory.popitem(last=False)
