@@ -9,8 +9,10 @@ from here only.
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from _procs import *  # noqa: F401,F403
-from _procs import PROJECT_ROOT, BenchError, _running, twistd
+from _procs import PROJECT_ROOT, BenchError, Proc, _running, twistd, wait_listening
 from _report import *  # noqa: F401,F403
 
 if str(PROJECT_ROOT) not in sys.path:
@@ -28,6 +30,8 @@ if str(PROJECT_ROOT) not in sys.path:
 from bpctunnel.testing.sandbox import Sandbox, free_port  # noqa: E402,F401
 
 STANDIN = Path(__file__).resolve().parent / "_standin.py"
+SSHD = "/usr/sbin/sshd"
+CIPHER = "aes128-gcm@openssh.com"
 MB = 1e6
 GB = 1e9
 
@@ -46,7 +50,11 @@ class Tunnel:
     """A bpctunnel server and one client, as twistd processes, in a fresh sandbox."""
 
     def __init__(self, work: Path, rsync: str, modules: dict[str, Path], host: str = "laptop1",
-                 keepalive: float | None = None, server_args: tuple = ()):
+                 keepalive: float | None = None, server_args: tuple = (), via=None):
+        """
+        @param via: if given, maps the server's wss port to the port the
+            client dials instead (a relay's, see bench/_relay.py).
+        """
         self.host = host
         self.sandbox = Sandbox.create(work / "sandbox")
         files = self.sandbox.issue_client(host)
@@ -60,7 +68,9 @@ class Tunnel:
             work / "server.log")
         wss = self.server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(BackupPC")
         self.server.wait_for(r"\(status API")
-        self.url = f"wss://127.0.0.1:{wss.group(1)}/tunnel"
+        self.wss_port = int(wss.group(1))
+        dialled = via(self.wss_port) if via else self.wss_port
+        self.url = f"wss://127.0.0.1:{dialled}/tunnel"
         self.api_url = f"unix:{work / 'api.sock'}"
         settings = {"keepalive": keepalive} if keepalive else {}
         conf = self.sandbox.write_client_config(files, self.url, modules, rsync=str(rsync),
@@ -75,6 +85,57 @@ class Tunnel:
     def stop(self) -> None:
         self.client.stop()
         self.server.stop()
+
+
+class SshTunnel:
+    """
+    sshd on a loopback port with throwaway keys, and C{ssh -N -R PORT:127.0.0.1:TARGET}
+    into it (aes128-gcm): BackupPC's side connects to C{.port}.  C{via}, if
+    given, maps sshd's port to the port ssh dials instead (a relay's).
+    """
+
+    def __init__(self, work: Path, target: int, via=None):
+        for tool in (SSHD, "ssh", "ssh-keygen"):
+            if not shutil.which(tool):
+                raise BenchError(f"{tool} not found: apt-get install -y openssh-server "
+                                 f"openssh-client (or run with --no-ssh)")
+        folder = work / "ssh"
+        folder.mkdir()
+        for name in ("host_key", "user_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", folder / name],
+                           check=True)
+        (folder / "authorized_keys").write_bytes((folder / "user_key.pub").read_bytes())
+        try:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
+        except OSError as e:
+            raise BenchError(f"sshd needs /run/sshd ({e}); run as root or with --no-ssh") from None
+        ssh_port = free_port()
+        (folder / "sshd_config").write_text("\n".join([
+            f"Port {ssh_port}", "ListenAddress 127.0.0.1", f"HostKey {folder / 'host_key'}",
+            f"AuthorizedKeysFile {folder / 'authorized_keys'}", f"PidFile {folder / 'sshd.pid'}",
+            "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            f"Ciphers {CIPHER}", "AllowTcpForwarding yes", "LogLevel ERROR", ""]))
+        self.sshd = Proc([SSHD, "-D", "-e", "-f", folder / "sshd_config"], work / "sshd.log")
+        wait_listening(ssh_port, self.sshd)
+        dialled = via(ssh_port) if via else ssh_port
+        self.port = free_port()  # BackupPC's side, forwarded by sshd
+        self.ssh = Proc(["ssh", "-N", "-R", f"{self.port}:127.0.0.1:{target}", "-c", CIPHER,
+                         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                         "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+                         "-o", "Compression=no", "-i", folder / "user_key", "-p", str(dialled),
+                         f"{getpass.getuser()}@127.0.0.1"], work / "ssh.log")
+        wait_listening(self.port, self.ssh)
+
+    def server_pids(self) -> list[int]:
+        return self.sshd.tree()
+
+    def client_pids(self) -> list[int]:
+        return [self.ssh.pid]
+
+    def stop(self) -> None:
+        self.ssh.stop()
+        self.sshd.stop()
 
 
 class StandinService:

@@ -186,6 +186,26 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """Peak resident set size (VmHWM) of a process: since it started or L{reset_peak_rss}."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmHWM for process {pid}")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """
+    Start a process's VmHWM afresh from its current RSS (C{clear_refs} 5,
+    Linux 4.0+, the process's owner or root); whether that worked.
+    """
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def descendants(pid: int) -> list[int]:
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

@@ -14,69 +14,17 @@ process.  laptop -> server is the direction backups flow.
 
 from __future__ import annotations
 
-import getpass
-import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    GB, MB, BenchError, Proc, Profiler, Report, StandinService, Tunnel, arguments,
-    backuppc_pull, backuppc_push, cpu_of, free_port, main_wrapper, standin_wrapper,
-    wait_listening, work_dir)
+    GB, MB, BenchError, Profiler, Report, SshTunnel, StandinService, Tunnel, arguments,
+    backuppc_pull, backuppc_push, cpu_of, main_wrapper, standin_wrapper, work_dir)
 
-SSHD = "/usr/sbin/sshd"
-CIPHER = "aes128-gcm@openssh.com"
 DIRECTIONS = {"laptop->server": backuppc_pull, "server->laptop": backuppc_push}
-
-
-class SshTunnel:
-    """sshd on a loopback port with throwaway keys, and C{ssh -N -R} into it."""
-
-    def __init__(self, work: Path, target: int):
-        for tool in (SSHD, "ssh", "ssh-keygen"):
-            if not shutil.which(tool):
-                raise BenchError(f"{tool} not found: apt-get install -y openssh-server "
-                                 f"openssh-client (or run with --no-ssh)")
-        folder = work / "ssh"
-        folder.mkdir()
-        for name in ("host_key", "user_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", folder / name],
-                           check=True)
-        (folder / "authorized_keys").write_bytes((folder / "user_key.pub").read_bytes())
-        try:
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
-        except OSError as e:
-            raise BenchError(f"sshd needs /run/sshd ({e}); run as root or with --no-ssh") from None
-        ssh_port = free_port()
-        (folder / "sshd_config").write_text("\n".join([
-            f"Port {ssh_port}", "ListenAddress 127.0.0.1", f"HostKey {folder / 'host_key'}",
-            f"AuthorizedKeysFile {folder / 'authorized_keys'}", f"PidFile {folder / 'sshd.pid'}",
-            "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            f"Ciphers {CIPHER}", "AllowTcpForwarding yes", "LogLevel ERROR", ""]))
-        self.sshd = Proc([SSHD, "-D", "-e", "-f", folder / "sshd_config"], work / "sshd.log")
-        wait_listening(ssh_port, self.sshd)
-        self.port = free_port()  # BackupPC's side, forwarded by sshd
-        self.ssh = Proc(["ssh", "-N", "-R", f"{self.port}:127.0.0.1:{target}", "-c", CIPHER,
-                         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                         "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-                         "-o", "Compression=no", "-i", folder / "user_key", "-p", str(ssh_port),
-                         f"{getpass.getuser()}@127.0.0.1"], work / "ssh.log")
-        wait_listening(self.port, self.ssh)
-
-    def server_pids(self) -> list[int]:
-        return self.sshd.tree()
-
-    def client_pids(self) -> list[int]:
-        return [self.ssh.pid]
-
-    def stop(self) -> None:
-        self.ssh.stop()
-        self.sshd.stop()
 
 
 def measure(port: int, direction: str, nbytes: int, server_pids, client_pids):

@@ -3,8 +3,9 @@ The benchmarks' smoke test: each of bench/*.py runs with C{--quick} (tiny
 sizes, seconds each) and prints its figures, ratios and target lines.
 Timings are never asserted: a missed target is a result, not a failure.
 
-Needs what the benchmarks need: rsync, and for the ssh -R baseline of
-throughput.py openssh-server and openssh-client.
+Needs what the benchmarks need: rsync, and for the ssh -R baselines of
+throughput.py and long_link.py openssh-server and openssh-client (and root:
+long_link.py resets processes' peak RSS through /proc/PID/clear_refs).
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ class QuickBenchmarkTests(unittest.TestCase):
     timeout = 300
 
     @inlineCallbacks
-    def run_bench(self, name: str, *expected: str):
+    def run_bench(self, name: str, *expected: str, options: tuple = ()):
         """
-        Run bench/NAME.py --quick; assert it exits 0, prints each regex in
-        C{expected} and the other-load line, and writes its figures as JSON.
+        Run bench/NAME.py --quick (plus C{options}); assert it exits 0, prints
+        each regex in C{expected} and the other-load line, and writes its
+        figures as JSON.  Fires with the figures; the output is C{self.output}.
         """
         out = temp_dir(self) / f"{name}.json"
         process = spawn(self, [sys.executable, str(PROJECT_ROOT / "bench" / f"{name}.py"),
-                               "--quick", "--json", str(out)], cwd=PROJECT_ROOT)
+                               "--quick", *options, "--json", str(out)], cwd=PROJECT_ROOT)
         code = yield process.ended
         self.assertEqual(code, 0, f"bench/{name}.py --quick failed:\n{process.text}")
         for pattern in (*expected, r"TARGET (MET|MISSED) ",
@@ -45,6 +47,7 @@ class QuickBenchmarkTests(unittest.TestCase):
         figures = json.loads(out.read_text())
         self.assertTrue(figures["targets"], figures)
         self.assertNotIn("Traceback", process.text)
+        self.output = process.text
         return figures
 
     @inlineCallbacks
@@ -94,6 +97,49 @@ class QuickBenchmarkTests(unittest.TestCase):
             rf"during bulk laptop->server: RTT p99{NUMBER}ms",
             rf"during bulk server->laptop: RTT p99{NUMBER}ms",
             r"tunnel drops \(starved keepalive or errors\)\s+\d+")
+
+    @inlineCallbacks
+    def test_long_link(self):
+        """
+        long_link.py prints a table row per round trip (0 and 30 ms) with
+        positive MiB/s for each path, the ratios, the window peak and the
+        peak RSS of bpctunnel's and ssh's ends.
+        """
+        figures = yield self.run_bench(
+            "long_link", rf"30 ms ratio bpctunnel / direct{NUMBER}x",
+            rf"30 ms ratio bpctunnel / ssh -R{NUMBER}x",
+            r"TARGET (MET|MISSED) +bpctunnel / direct at 30 ms: ")
+        for rtt in (0, 30):
+            row = re.search(rf"^ +{rtt} ms \|(.*)\|$", self.output, re.MULTILINE)
+            self.assertIsNotNone(row, f"no table row for {rtt} ms:\n{self.output}")
+            cells = [cell.strip() for cell in row.group(1).split("|")]
+            # 4 speeds (bpctunnel, its window held at 1 MiB, ssh -R, direct),
+            # 2 ratios, the window, 3 RSS pairs
+            self.assertEqual(len(cells), 10, cells)
+            numbers = [float(n) for cell in cells[:6] + cells[7:] for n in re.findall(
+                r"\d+(?:\.\d+)?", cell)]
+            self.assertEqual(len(numbers), 12, cells)
+            self.assertTrue(all(n > 0 for n in numbers), cells)
+            self.assertRegex(cells[6], r"^\d+\.\d\d MiB$")
+            for path in ("bpctunnel", "fixed 1 MiB", "ssh -R", "direct"):
+                self.assertGreater(figures["values"][f"{rtt} ms {path} MiB/s"], 0)
+            for end in ("server", "client"):
+                # a twistd process, whole: tens of MiB, far from 0 and from a GiB
+                rss = figures["values"][f"{rtt} ms bpctunnel peak RSS {end}"]
+                self.assertTrue(10 * 2**20 < rss < 2**30, rss)
+
+    @inlineCallbacks
+    def test_long_link_slow_reader(self):
+        """long_link.py --slow-reader prints each end's RSS growth, and how much was read."""
+        figures = yield self.run_bench(
+            "long_link",
+            *(rf"100 ms {path} {end} RSS growth, max\s+-?[\d,]+\.\d MiB"
+              for path in ("bpctunnel", "ssh -R") for end in ("server", "client")),
+            rf"100 ms direct read{NUMBER}MB",
+            r"TARGET (MET|MISSED) +100 ms bpctunnel server RSS growth: ",
+            options=("--slow-reader",))
+        for path in ("bpctunnel", "ssh -R", "direct"):
+            self.assertGreater(figures["values"][f"100 ms {path} read"], 0)
 
     def test_figure_pattern(self):
         """The figure pattern matches the benchmarks' number formats, and only them."""

@@ -35,6 +35,7 @@ class ServerMetrics:
                                ["result"], registry=self.registry)
         self._closed_bytes: dict[tuple[str, str], int] = {}
         self._closed_channels = 0
+        self._closed_window_peak = 0
         self.registry.register(self)
 
     def refused(self, refusal: Refusal) -> None:
@@ -52,6 +53,7 @@ class ServerMetrics:
             key = (tunnel.host, direction)
             self._closed_bytes[key] = self._closed_bytes.get(key, 0) + count
         self._closed_channels += tunnel.mux.channels_opened
+        self._closed_window_peak = max(self._closed_window_peak, tunnel.mux.window_peak)
 
     def collect(self):
         """The prometheus-client Collector interface: the metrics read at scrape time."""
@@ -74,3 +76,8 @@ class ServerMetrics:
         opened = CounterMetricFamily("bpctunnel_channels_opened", "Connections carried.")
         opened.add_metric([], channels)
         yield opened
+        peak = GaugeMetricFamily("bpctunnel_window_peak_bytes",
+                                 "The largest receive window a carried connection reached.")
+        peak.add_metric([], max([self._closed_window_peak]
+                                + [tunnel.mux.window_peak for tunnel in live]))
+        yield peak

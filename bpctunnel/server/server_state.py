@@ -32,6 +32,7 @@ from bpctunnel.server.settings import ServerSettings
 from bpctunnel.server.backuppc_port import LocalUsers
 from bpctunnel.server.tunnels import TunnelRegistry
 from bpctunnel.wire.violations import ViolationCounter
+from bpctunnel.wire.windows import WindowBudget
 
 #: How long a stopping server waits for its tunnels' closing handshakes.
 STOP_GRACE = 2.0
@@ -85,6 +86,8 @@ class ServerState:
         #: gone (L{bpctunnel.server.session.TunnelSession}s): what a
         #: stopping server closes.
         self.open_sessions: set = set()
+        #: Window growth all tunnels together may have (see L{bpctunnel.wire.windows}).
+        self.window_budget = WindowBudget(settings.window_budget)
         self.backup_desk = BackupDesk(reactor, self.tunnels, backup_trigger)
         self._checker = LoopingCall(self.check_tunnels)
         self._checker.clock = reactor

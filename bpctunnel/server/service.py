@@ -29,6 +29,8 @@ from bpctunnel.server.server_state import STOP_GRACE, ServerState
 from bpctunnel.transport.tls import server_tls_options
 from bpctunnel.twistd_options import PluginOptions
 
+MiB = 1024 * 1024
+
 LONGDESC = """\
 Accepts laptops' tunnels over WebSocket with mutual TLS (TLS 1.3) and, while
 a laptop is connected, listens on 127.0.0.1:<RsyncdClientPort> so that
@@ -83,6 +85,10 @@ class Options(PluginOptions):
                                           "handshakes.", float],
         ["max-handshakes", None, 1024, "Connections that may be in their handshakes at once; "
                                       "more are dropped and retry later.", int],
+        ["max-window", None, 32, "MiB a carried connection's receive window may grow to, on a "
+                                 "long fast line while BackupPC keeps up.", int],
+        ["window-budget", None, 256, "MiB of window growth all tunnels together may have.",
+         int],
         ["backuppc-server-mesg", None, DEFAULT_SERVER_MESG,
          "Command for BackupPC_serverMesg (may start with 'sudo -u backuppc')."],
         ["backup-user", None, "bpctunnel", "User name BackupPC records for backups we request."],
@@ -115,6 +121,7 @@ class Options(PluginOptions):
                 probe_timeout=self["probe-timeout"], max_channels=self["max-channels"],
                 handshake_timeout=self["handshake-timeout"],
                 max_handshakes=self["max-handshakes"],
+                max_window=self["max-window"] * MiB, window_budget=self["window-budget"] * MiB,
                 local_uids=local_uids(self["local-users"], conf))
             self["api_token"] = None
             if self["api-socket"] != "none":

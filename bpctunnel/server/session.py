@@ -266,6 +266,8 @@ class TunnelSession:
                                is_server=True, name=self.host,
                                on_pong=self._pings.answered, on_control=self._control,
                                clock=self.clock,
+                               max_window=self.server.settings.max_window,
+                               window_budget=self.server.window_budget,
                                # The server's one channel limit, --max-channels.
                                max_channels=self.server.settings.max_channels)
 

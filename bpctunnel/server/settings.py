@@ -49,5 +49,11 @@ class ServerSettings:
     #: Seconds from TCP accept to a finished WebSocket opening handshake (TLS included).
     handshake_timeout: float = attrs.field(default=30.0, validator=[instance_of(float), ge(0.1)])
     max_handshakes: int = attrs.field(default=1024, validator=[instance_of(int), ge(1)])
+    #: The most a carried connection's receive window may grow to, and the
+    #: growth all tunnels together may have (see L{bpctunnel.wire.windows}).
+    max_window: int = attrs.field(default=32 * 1024 * 1024,
+                                  validator=[instance_of(int), ge(64 * 1024)])
+    window_budget: int = attrs.field(default=256 * 1024 * 1024,
+                                     validator=[instance_of(int), ge(0)])
     local_uids: frozenset[int] | None = attrs.field(
         default=None, converter=attrs.converters.optional(frozenset))

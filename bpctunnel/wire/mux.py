@@ -29,9 +29,14 @@ from zope.interface import Interface, implementer
 from bpctunnel.wire import framing
 from bpctunnel.wire.peer_text import peer_text
 from bpctunnel.wire.violations import ViolationCounter
+from bpctunnel.wire.windows import (
+    DEFAULT_MAX_WINDOW, DEFAULT_TUNNEL_BUDGET, WindowBudget, WindowSizer,
+)
 from bpctunnel.errors import ProtocolError
 
-#: Bytes a receiver lets the sender have in flight on one channel.
+#: Bytes a receiver lets the sender have in flight on one channel when it
+#: opens; the window grows while the sender is held back by it and the
+#: reader keeps up (see L{bpctunnel.wire.windows}).
 DEFAULT_WINDOW = 1024 * 1024
 #: Largest DATA payload we send.  Peers accept WebSocket messages of up to
 #: 1 MiB (and never more than the credit they gave), so this may grow without
@@ -124,7 +129,8 @@ class Channel:
         self.accepted = False
         self.close_reason = ""
         # Receiving side.
-        self._window = window
+        self._sizer = WindowSizer(window, mux.max_window, mux.window_budgets, mux.seconds,
+                                  mux._window_peak)
         self._peer_may_send = window
         self._unacknowledged = 0
         self._sink_paused = False
@@ -141,6 +147,15 @@ class Channel:
 
     def __repr__(self) -> str:
         return f"<Channel {self.channel_id} in={self.bytes_in} out={self.bytes_out}>"
+
+    @property
+    def _window(self) -> int:
+        return self._sizer.window
+
+    @property
+    def window(self) -> int:
+        """This side's receive window now."""
+        return self._sizer.window
 
     @property
     def finished(self) -> bool:
@@ -200,13 +215,16 @@ class Channel:
 
     def pauseProducing(self) -> None:
         self._sink_paused = True
+        self._sizer.reader_paused()
 
     def resumeProducing(self) -> None:
         self._sink_paused = False
+        self._sizer.reader_resumed()
         self._grant()
 
     def stopProducing(self) -> None:
         self._sink_paused = True
+        self._sizer.reader_paused()
 
     # -- called by the multiplexer -----------------------------------------
 
@@ -235,6 +253,12 @@ class Channel:
             return
         self._unacknowledged += len(payload)
         self.local.write(payload)
+        if not self._sink_paused:
+            # The reader took it at once: does the sender wait on the window?
+            growth = self._sizer.received(self.bytes_in)
+            if growth:
+                self._peer_may_send += growth
+                self.mux.send(framing.Credit(self.channel_id, growth))
         self._grant()
 
     def _on_eof(self) -> None:
@@ -264,6 +288,7 @@ class Channel:
             self._flush()
 
     def _tunnel_lost(self, reason: str) -> None:
+        self._sizer.release()
         self._close_received = self._close_sent = True
         self._pending.clear()
         local, self.local = self.local, None
@@ -281,8 +306,13 @@ class Channel:
             self._unacknowledged >= self._window // 4 or self._peer_may_send == 0
         ):
             increment, self._unacknowledged = self._unacknowledged, 0
-            self._peer_may_send += increment
-            self.mux.send(framing.Credit(self.channel_id, increment))
+            limit_before = self.bytes_in + self._peer_may_send
+            # A window bigger than a slow reader deserves shrinks here.
+            increment -= self._sizer.withhold(increment)
+            if increment:
+                self._peer_may_send += increment
+                self.mux.send(framing.Credit(self.channel_id, increment))
+                self._sizer.granted(self.bytes_in, limit_before)
 
     def _flush(self) -> None:
         if self._close_sent:
@@ -373,6 +403,8 @@ class Multiplexer:
         on_control: Callable[[dict], None] | None = None,
         on_pong: Callable[[bytes], None] | None = None,
         window: int = DEFAULT_WINDOW,
+        max_window: int = DEFAULT_MAX_WINDOW,
+        window_budget: WindowBudget | None = None,
         max_channels: int = DEFAULT_MAX_CHANNELS,
         name: str = "",
         clock=None,
@@ -393,6 +425,14 @@ class Multiplexer:
         self._on_control = on_control
         self._on_pong = on_pong
         self.window = window
+        #: Each channel's window may grow to C{max_window}, drawing on the
+        #: tunnel's own budget and, if given, C{window_budget} (a server's,
+        #: shared by all its tunnels).
+        self.max_window = max_window
+        self.window_budgets = (WindowBudget(DEFAULT_TUNNEL_BUDGET),) + (
+            (window_budget,) if window_budget is not None else ())
+        #: The largest receive window any channel of this tunnel reached.
+        self.window_peak = window
         self.max_channels = max_channels
         self.name = name
         self.channels: dict[int, Channel] = {}
@@ -570,8 +610,12 @@ class Multiplexer:
             _remember(self._answered_unknown, cid, None, ANSWERED_UNKNOWN)
             self.send(framing.Close(cid, framing.CLOSE_ERROR, "unknown channel"))
 
+    def _window_peak(self, size: int) -> None:
+        self.window_peak = max(self.window_peak, size)
+
     def _channel_maybe_finished(self, channel: Channel) -> None:
         if channel.finished and self.channels.get(channel.channel_id) is channel:
+            channel._sizer.release()
             del self.channels[channel.channel_id]
             self._forgotten(channel.channel_id, channel._peer_may_send)
 
