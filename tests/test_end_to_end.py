@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pwd
-from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks

@@ -6,7 +6,6 @@ passthrough), with the PROXY protocol, using the example configs in etc/.
 from __future__ import annotations
 
 import shutil
-import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks

@@ -164,7 +164,7 @@ class TwistdEndToEndTests(TestCase):
             files, f"wss://127.0.0.1:{server_port}/tunnel", {"docs": source}, rsync)
         client = twistd(self, "bpctunnel-client", "--config", str(config))
         yield client.wait_for("tunnel up to")
-        yield server.wait_for(f"tunnel up for laptop1 from 127.0.0.1:")
+        yield server.wait_for("tunnel up for laptop1 from 127.0.0.1:")
 
         dest = temp_dir(self)
         out, err, code = yield rsync_pull(reactor, rsync, port, "docs", dest,

@@ -224,7 +224,6 @@ def test_user_unit_backs_up_the_users_files(site):
 
 def test_check_names_a_share_the_laptop_lacks(site):
     """A share added on the server alone: check, with the tunnel up, names it."""
-    ct = site.ct
     live = site.admin("bpctunnel status --json").stdout
     assert '"laptop1"' in live, live
     added = site.admin("bpctunnel register-client laptop1 --share documents --share music "
