@@ -6,9 +6,13 @@ the other, and a tunnel already up is closed when BackupPC connects.
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel.admin.demo import rsync_pull
-from bpctunnel.testing.sandbox import free_port
+from bpctunnel.errors import PortShared
+from bpctunnel.server.authorization import PORT_MAP_MAX_AGE, HostAuthorization
+from bpctunnel.testing.sandbox import Sandbox, free_port
 from tests.helpers import TIMEOUT, temp_dir
 from tests.test_end_to_end import TunnelTestCase
 
@@ -46,3 +50,48 @@ class PortSharedTests(TunnelTestCase):
     def pull(self, port):
         return rsync_pull(reactor, self.rsync, port, "docs", temp_dir(self),
                           self.sandbox.auth_for(port)).addTimeout(TIMEOUT, reactor)
+
+
+class PortMapTests(SynchronousTestCase):
+    """
+    The map of ports new tunnels are checked against looks at every host
+    config, so it is reused for PORT_MAP_MAX_AGE seconds (a fleet's
+    handshakes made it O(hosts) each); BackupPC's connections always look
+    again.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.sandbox = Sandbox.create(temp_dir(self))
+        self.files = self.sandbox.issue_client("laptop1")
+        self.sandbox.register("laptop1", 40001, self.files.fingerprint)
+        self.authorization = HostAuthorization(self.sandbox.conf_dir, self.clock)
+
+    def test_new_tunnels_use_a_recent_map(self):
+        self.authorization.authorize_new("laptop1", self.files.fingerprint)
+        self.sandbox.register("laptop2", 40001, None)
+        # Within the map's age, a new tunnel is checked against the map...
+        self.authorization.authorize_new("laptop1", self.files.fingerprint)
+        # ...a connection from BackupPC looks again...
+        self.assertEqual(self.authorization.hosts_on_port(40001), {"laptop1", "laptop2"})
+        # ...and so does the map, once it is old enough.
+        self.clock.advance(PORT_MAP_MAX_AGE)
+        self.sandbox.register("laptop3", 40001, None)
+        with self.assertRaises(PortShared) as raised:
+            self.authorization.authorize_new("laptop1", self.files.fingerprint)
+        self.assertIn("also that of laptop2, laptop3", str(raised.exception))
+
+    def test_map_reused_within_its_age(self):
+        self.assertEqual(self.authorization.hosts_on_port(40001, fresh=False), {"laptop1"})
+        self.sandbox.register("laptop2", 40001, None)
+        self.clock.advance(PORT_MAP_MAX_AGE - 0.1)
+        self.assertEqual(self.authorization.hosts_on_port(40001, fresh=False), {"laptop1"})
+        self.clock.advance(0.1)
+        self.assertEqual(self.authorization.hosts_on_port(40001, fresh=False),
+                         {"laptop1", "laptop2"})
+
+    def test_without_a_clock_always_fresh(self):
+        authorization = HostAuthorization(self.sandbox.conf_dir)
+        self.assertEqual(authorization.hosts_on_port(40001, fresh=False), {"laptop1"})
+        self.sandbox.register("laptop2", 40001, None)
+        self.assertEqual(authorization.hosts_on_port(40001, fresh=False), {"laptop1", "laptop2"})

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from bpctunnel.backuppc.filecache import FileCache
 from bpctunnel.backuppc.hosts import (
+    TUNNEL_CERT_RE,
     AuthorizedHost,
     authorize,
     find_host_config,
@@ -35,15 +36,31 @@ class Revocation:
     reason: str
 
 
+#: Seconds a map of which host has which port is reused for new tunnels: it
+#: costs a look at every host config (1,000 stat calls for 1,000 hosts), once
+#: per handshake it made a fleet's reconnect ten times slower.
+PORT_MAP_MAX_AGE = 2.0
+
+
 class HostAuthorization:
-    """The hosts file and host configs under C{backuppc_conf}, asked about certificates."""
+    """
+    The hosts file and host configs under C{backuppc_conf}, asked about certificates.
+
+    @param clock: an C{IReactorTime}: with one, the map of ports that new
+        tunnels are checked against is rebuilt at most every
+        L{PORT_MAP_MAX_AGE} seconds (a connection from BackupPC always
+        looks again); without, on every question.
+    """
 
     log = Logger()
 
-    def __init__(self, backuppc_conf: Path):
+    def __init__(self, backuppc_conf: Path, clock=None):
         self.backuppc_conf = Path(backuppc_conf)
         self._read_hosts = FileCache(read_hosts)
         self._read_config = FileCache(read_perl_config)
+        self._clock = clock
+        #: (when it was made, port -> hosts), or None.
+        self._port_map: tuple[float, dict[int, set[str]]] | None = None
 
     def authorize(self, common_name: str, fingerprint: str) -> AuthorizedHost:
         """
@@ -64,28 +81,60 @@ class HostAuthorization:
         @raise PortShared: naming the other host(s).
         """
         found = self.authorize(common_name, fingerprint)
-        others = sorted(self.hosts_on_port(found.port) - {found.host})
+        others = sorted(self.hosts_on_port(found.port, fresh=False) - {found.host})
         if others:
             raise PortShared(found.host, f"RsyncdClientPort {found.port} of {found.host} is also "
                                          f"that of {', '.join(others)} in BackupPC's config: a "
                                          f"backup of either would read the other's laptop")
         return found
 
-    def hosts_on_port(self, port: int) -> set[str]:
-        """The hosts of BackupPC's hosts file whose own config sets C{port} (files cached)."""
+    def hosts_on_port(self, port: int, fresh: bool = True) -> set[str]:
+        """
+        The hosts of BackupPC's hosts file whose own config sets C{port}
+        (files cached); unless C{fresh}, from a map at most
+        L{PORT_MAP_MAX_AGE} seconds old.
+        """
+        now = self._clock.seconds() if self._clock is not None else None
+        if (fresh or now is None or self._port_map is None
+                or now - self._port_map[0] >= PORT_MAP_MAX_AGE):
+            self._port_map = (now or 0.0, self._ports())
+        return set(self._port_map[1].get(port, ()))
+
+    def _ports(self) -> dict[int, set[str]]:
         layout = config_layout(self.backuppc_conf)
-        found = set()
+        ports: dict[int, set[str]] = {}
         try:
             hosts = self._read_hosts(self.backuppc_conf / "hosts")
         except BpcTunnelError:
-            return found        # reported where the hosts file is read to authorize
+            return ports        # reported where the hosts file is read to authorize
         for host in hosts:
             try:
                 path = find_host_config(self.backuppc_conf, host, layout)
                 value = self._read_config(path).get("RsyncdClientPort") if path else None
             except BpcTunnelError:
                 continue
-            if isinstance(value, str) and value.isdigit() and int(value) == port:
+            if isinstance(value, str) and value.isdigit():
+                ports.setdefault(int(value), set()).add(host)
+        return ports
+
+    def tunnel_hosts(self) -> set[str]:
+        """
+        The hosts of BackupPC's hosts file whose own config holds a
+        C{TunnelCert} (files cached: only changed ones are parsed again).
+        """
+        layout = config_layout(self.backuppc_conf)
+        found = set()
+        try:
+            hosts = self._read_hosts(self.backuppc_conf / "hosts")
+        except BpcTunnelError:
+            return found
+        for host in hosts:
+            try:
+                path = find_host_config(self.backuppc_conf, host, layout)
+                comment = self._read_config(path).get("ClientComment") if path else None
+            except BpcTunnelError:
+                continue
+            if isinstance(comment, str) and TUNNEL_CERT_RE.search(comment):
                 found.add(host)
         return found
 

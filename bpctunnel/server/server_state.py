@@ -75,7 +75,7 @@ class ServerState:
         self.handshakes = HandshakeLimit(reactor, settings.max_unauthenticated,
                                          settings.max_handshakes, self.metrics.refused,
                                          self.outsiders)
-        self.authorization = HostAuthorization(settings.backuppc_conf)
+        self.authorization = HostAuthorization(settings.backuppc_conf, reactor)
         self.refusals = HandshakeRefusals(self.metrics, self.outsiders)
         #: Callables C{(event, tunnel)} told when a tunnel opens ("open") and
         #: closes ("closed"), the client's names for the same events.

@@ -19,7 +19,7 @@ the TLS buffers fill it pauses every local source.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Callable, Sequence
 
 from twisted.internet.interfaces import IPushProducer
@@ -413,9 +413,9 @@ class Multiplexer:
         #: The peer's protocol violations (see L{violation}).
         self.violations = ViolationCounter(clock, name)
         #: Channel id -> L{_Late}, oldest first, at most L{RECENTLY_CLOSED}.
-        self._recently_closed: OrderedDict[int, _Late] = OrderedDict()
+        self._recently_closed: dict[int, _Late] = {}
         #: Channel ids answered "unknown channel", oldest first.
-        self._answered_unknown: OrderedDict[int, None] = OrderedDict()
+        self._answered_unknown: dict[int, None] = {}
         #: Why the peer's messages broke the tunnel (a L{ProtocolError} went
         #: to the caller, who closes it); later messages are dropped.
         self.failed: str | None = None
@@ -696,9 +696,9 @@ class _Late:
         return True
 
 
-def _remember(memory: OrderedDict, key, value, limit: int) -> None:
+def _remember(memory: dict, key, value, limit: int) -> None:
     """Put C{key} last in C{memory}, dropping the oldest beyond C{limit}."""
     memory.pop(key, None)
     memory[key] = value
     while len(memory) > limit:
-        memory.popitem(last=False)
+        del memory[next(iter(memory))]

@@ -57,6 +57,9 @@ class ViolationCounter:
     """
 
     log = Logger()
+    # One per tunnel: 10,000 idle laptops should cost little.
+    __slots__ = ("_clock", "name", "window", "log_burst", "budget", "_kinds", "_window_start",
+                 "_counts", "_total", "_stopped")
 
     def __init__(self, clock, name: str, *, window: float = WINDOW,
                  log_burst: int = LOG_BURST, budget: int = BUDGET):

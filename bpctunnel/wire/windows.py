@@ -56,6 +56,8 @@ class WindowBudget:
     of a tunnel (or by every tunnel of a server).
     """
 
+    __slots__ = ("total", "used")
+
     def __init__(self, total: int):
         self.total = total
         self.used = 0
