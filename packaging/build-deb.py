@@ -42,7 +42,7 @@ UNIT_TARGETS = {
     "share/bpctunnel/systemd/system/bpctunnel-client.service": "lib/systemd/system/bpctunnel-client.service",
     "share/bpctunnel/systemd/user/bpctunnel-client.service": "usr/lib/systemd/user/bpctunnel-client.service",
 }
-EXAMPLES = ["etc/haproxy-bpctunnel.cfg", "etc/nginx-bpctunnel.conf"]
+EXAMPLES = ["etc/haproxy-bpctunnel.cfg", "etc/nginx-bpctunnel.conf", "etc/apache-bpctunnel.conf"]
 DOC = "usr/share/doc/bpctunnel"
 
 

@@ -108,7 +108,8 @@ class AttackTestCase(TestCase):
         self.server = spawn(self, TWISTD + [
             "bpctunnel-server", "--listen", "127.0.0.1:0",
             "--certs", str(self.sandbox.certs_dir), "--backuppc-conf", str(self.sandbox.conf_dir),
-            "--backuppc-server-mesg", str(server_mesg), *self.server_arguments()])
+            "--backuppc-server-mesg", str(server_mesg), "--state-dir", "none",
+            *self.server_arguments()])
         text = yield self.server.wait_for("bpctunnel server listening on 127.0.0.1:").addTimeout(
             SHORT, reactor)
         self.port = int(re.search(r"listening on 127\.0\.0\.1:(\d+) ", text).group(1))

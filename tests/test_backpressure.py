@@ -260,7 +260,7 @@ class SlowReaderMemoryTests(TestCase):
         sandbox.register("laptop1", self.port, files.fingerprint)
         self.server = twistd(self, "bpctunnel-server", "--listen", "127.0.0.1:0",
                              "--certs", str(sandbox.certs_dir),
-                             "--backuppc-conf", str(sandbox.conf_dir), "--api-listen", "none", "--api-socket", "none")
+                             "--backuppc-conf", str(sandbox.conf_dir), "--api-listen", "none", "--api-socket", "none", "--state-dir", "none")
         text = yield self.server.wait_for("bpctunnel server listening on")
         server_port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
         (root / "docs").mkdir()

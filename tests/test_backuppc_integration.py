@@ -208,7 +208,7 @@ class BackupOnConnectTests(DaemonBackupTestCase):
         options.parseOptions([
             "--listen", "127.0.0.1:0", "--certs", str(self.sandbox.certs_dir),
             "--backuppc-conf", str(self.sandbox.conf_dir), "--api-listen", "none", "--api-socket", "none",
-            "--backup-on-connect", "--backuppc-server-mesg", self.bpc.bin("BackupPC_serverMesg"),
+            "--state-dir", "none", "--backup-on-connect", "--backuppc-server-mesg", self.bpc.bin("BackupPC_serverMesg"),
             "--backup-user", "bpctunnel-tests", "--backup-type", "1"])
         service = tap_server.makeService(options, reactor)
         listening = self.logs.wait_for("bpctunnel server listening on").addTimeout(

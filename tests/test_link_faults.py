@@ -113,7 +113,7 @@ class LinkFaultTestCase(TestCase):
             "bpctunnel-server", "--listen", f"{SERVER_ADDRESS}:0",
             "--certs", str(self.sandbox.certs_dir),
             "--backuppc-conf", str(self.sandbox.conf_dir),
-            "--keepalive", str(self.keepalive), "--api-socket", "none", "--local-users", "any"]))
+            "--keepalive", str(self.keepalive), "--api-socket", "none", "--local-users", "any", "--state-dir", "none"]))
         text = yield self.server.wait_for("bpctunnel server listening on").addTimeout(SHORT,
                                                                                       reactor)
         self.url = "wss://{}:{}/tunnel".format(*re.search(

@@ -199,7 +199,8 @@ class ProxyProtocolTests(TestCase):
         self.logs = LogCapture(self)
         self.sandbox = Sandbox.create(temp_dir(self))
         options = server_service.Options()
-        options.parseOptions([*listen, "--api-listen", "none", "--api-socket", "none", "--certs",
+        options.parseOptions([*listen, "--api-listen", "none", "--api-socket", "none",
+                              "--state-dir", "none", "--certs",
                               str(self.sandbox.certs_dir), "--backuppc-conf",
                               str(self.sandbox.conf_dir)])
         top = server_service.makeService(options, reactor)
@@ -261,6 +262,7 @@ class SocketActivationTests(TestCase):
                 sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=", "--logfile=-", "bpctunnel-server",
                 "--listen", "systemd:domain=INET:index=0", "--api-listen", "none", "--api-socket", "none",
+                "--state-dir", "none",
                 "--certs", str(sandbox.certs_dir), "--backuppc-conf", str(sandbox.conf_dir)]
         server = RunningProcess()
         reactor.spawnProcess(server, argv[0], argv, env=env,

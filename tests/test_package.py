@@ -35,9 +35,13 @@ UNITS = {
 FILES = [f"{PREFIX}/bin/bpctunnel", f"{PREFIX}/bin/twistd", f"{PREFIX}/pyvenv.cfg",
          f"{SITE}/bpctunnel/__init__.py", f"{SITE}/twisted/plugins/bpctunnel_plugins.py",
          f"{SITE}/twisted/plugins/dropin.cache",
+         f"{SITE}/bpctunnel/server/dashboard_files/index.html",
+         f"{SITE}/bpctunnel/server/dashboard_files/dashboard.js",
+         f"{SITE}/bpctunnel/server/dashboard_files/dashboard.css",
          "usr/share/doc/bpctunnel/copyright",
          "usr/share/doc/bpctunnel/examples/haproxy-bpctunnel.cfg",
-         "usr/share/doc/bpctunnel/examples/nginx-bpctunnel.conf", *UNITS]
+         "usr/share/doc/bpctunnel/examples/nginx-bpctunnel.conf",
+         "usr/share/doc/bpctunnel/examples/apache-bpctunnel.conf", *UNITS]
 
 
 def clean_env() -> dict:

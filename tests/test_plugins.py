@@ -97,7 +97,7 @@ class StartupErrorTests(TestCase):
     def server(self, *extra):
         return ["bpctunnel-server", "--listen", "127.0.0.1:0", "--api-socket",
                 str(self.sandbox.root / "api.sock"), "--certs", str(self.sandbox.certs_dir),
-                "--backuppc-conf", str(self.sandbox.conf_dir), *extra]
+                "--backuppc-conf", str(self.sandbox.conf_dir), "--state-dir", "none", *extra]
 
     def test_missing_ca(self):
         (self.sandbox.certs_dir / "ca.crt").unlink()
@@ -155,7 +155,8 @@ class TwistdEndToEndTests(TestCase):
         sandbox.register("laptop1", port, files.fingerprint)
         server = twistd(self, "bpctunnel-server", "--listen", "127.0.0.1:0",
                         "--api-socket", str(root / "api.sock"),
-                        "--certs", str(sandbox.certs_dir), "--backuppc-conf", str(sandbox.conf_dir))
+                        "--certs", str(sandbox.certs_dir), "--backuppc-conf", str(sandbox.conf_dir),
+                        "--state-dir", "none")
         text = yield server.wait_for("bpctunnel server listening on")
         server_port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
 

@@ -22,6 +22,7 @@ import ast
 import gc
 import inspect
 import json
+import types
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerFactory,
@@ -32,6 +33,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError, ConnectionLost
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -41,6 +43,7 @@ from twisted.trial import unittest
 
 from bpctunnel import pki
 from bpctunnel.server.api import make_api_site
+from bpctunnel.server.history import HostHistory
 from bpctunnel.server.service import LoggingEndpoint
 from bpctunnel.transport import tls_bulk, websocket_fast
 from bpctunnel.transport.autobahn_timers import ReactorTimer
@@ -91,6 +94,8 @@ class FakeFactory:
     def __init__(self, *tunnels):
         self.tunnels = {t.host: t for t in tunnels}
         self.metrics = FakeMetrics()
+        #: Where answered pings' round trips are kept.
+        self.state = types.SimpleNamespace(history=HostHistory(Clock(), None))
 
 
 PING_REQUEST = (b"POST /api/v1/tunnels/laptop1/ping?count=2 HTTP/1.1\r\n"

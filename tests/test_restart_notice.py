@@ -12,6 +12,7 @@ processes: L{RestartSmokeTests}.
 
 from __future__ import annotations
 
+import json
 import re
 
 from twisted.internet import reactor
@@ -231,6 +232,7 @@ class RestartSmokeTests(TestCase):
         process = twistd(self, "bpctunnel-server", "--listen", f"127.0.0.1:{port}",
                          "--certs", str(sandbox.certs_dir),
                          "--backuppc-conf", str(sandbox.conf_dir),
+                         "--state-dir", str(sandbox.root / "state"),
                          "--api-socket", "none", "--local-users", "any")
         return process, process.wait_for("bpctunnel server listening on")
 
@@ -259,6 +261,11 @@ class RestartSmokeTests(TestCase):
         line = re.search(r".*tunnel to \S+ closed: .*", text).group(0)
         self.assertIn("server restarting", line)
         self.assertNotIn("#error", text)
+        # Issue 18, acceptance 3: the history is on disk for the next server.
+        state = json.loads((root / "state" / "state.json").read_text())
+        laptop = state["hosts"]["laptop1"]
+        self.assertLess(laptop["connected_at"], laptop["disconnected_at"])
+        self.assertRegex(laptop["address"], r"^127\.0\.0\.1:\d+$")
 
         server, listening = self.server(sandbox, number)
         yield listening
@@ -266,3 +273,18 @@ class RestartSmokeTests(TestCase):
         yield server.wait_for("tunnel up for laptop1")
         self.assertLess(reactor.seconds() - started, 5)  # a quick retry, not a backoff
         yield nth_line(client, "tunnel up to", 2)
+
+    @inlineCallbacks
+    def test_truncated_state_file_set_aside(self):
+        """Issue 18, acceptance 3: a truncated state file is set aside, logged, and the server starts."""
+        root = temp_dir(self)
+        sandbox = Sandbox.create(root, "127.0.0.1")
+        (root / "state").mkdir()
+        (root / "state" / "state.json").write_text('{"version": 1, "hosts": {"laptop1": {"conn')
+        server, listening = self.server(sandbox, free_port())
+        yield listening
+        self.assertRegex(server.text, r"the state file \S+/state\.json is corrupt \(.*\); moved "
+                                      r"it to \S+/state\.json\.corrupt-\d{8}T\d{6} and starting "
+                                      r"with no history")
+        [aside] = (root / "state").iterdir()
+        self.assertRegex(aside.name, r"^state\.json\.corrupt-")

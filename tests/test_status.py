@@ -179,15 +179,30 @@ class CommandTests(TunnelTestCase):
 
     @inlineCallbacks
     def test_status_table(self):
-        """Acceptance 5: bpctunnel status shows the connected hosts."""
-        _, port, _ = yield self.connected_client("laptop1", {"m": self.root})
+        """
+        Acceptance 5 (and issue 18): bpctunnel status shows every tunnel
+        host, connected or not, its last backup in words (no Python repr).
+        """
+        yield self.connected_client("laptop1", {"m": self.root})
+        self.sandbox.register("laptop2", None, "ab" * 32)
+        code, out = yield run_cli(self, "backup-done", "laptop1", "0", "--detail", "xferOK=0",
+                                  "--api", self.server.api_url)
+        self.assertEqual(code, 0, out)
         code, out = yield run_cli(self, "status", "--api", self.server.api_url)
         self.assertEqual(code, 0, out)
-        header, row = out.splitlines()
-        self.assertEqual(header.split()[:3], ["HOST", "PORT", "CLIENT"])
-        self.assertEqual(row.split()[:2], ["laptop1", str(port)])
+        header, row1, row2, *problems = out.splitlines()
+        self.assertEqual(header.split(), ["HOST", "STATE", "ADDRESS", "RTT", "TODAY", "LAST",
+                                          "BACKUP"])
+        self.assertRegex(row1, r"^laptop1  connected \d+s +127\.0\.0\.1:\d+ +(-|[\d.]+ ms) +"
+                               r"[\d.]+ (bytes|KB) +FAILED \d+s ago: xferOK=0$")
+        self.assertRegex(row2, r"^laptop2  never seen +- +- +0 bytes +-$")
+        self.assertNotIn("{", out)
+        self.assertNotIn("'ok'", out)
+        self.assertIn("laptop2: never seen by this server", problems)
         code, out = yield run_cli(self, "status", "--json", "--api", self.server.api_url)
-        self.assertEqual(json.loads(out)["tunnels"][0]["host"], "laptop1")
+        body = json.loads(out)
+        self.assertEqual([h["host"] for h in body["hosts"]], ["laptop1", "laptop2"])
+        self.assertEqual(body["hosts"][0]["last_backup"]["detail"], "xferOK=0")
 
     @inlineCallbacks
     def test_revoke_says_tunnel_is_live(self):

@@ -5,12 +5,14 @@ C{revoke}).  A short-lived command, so plain blocking HTTP is fine here.
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import os
 import socket
 from urllib.parse import urlsplit
 
+from bpctunnel.client.backup_now import human_bytes
 from bpctunnel.errors import BpcTunnelError, ConfigError
 
 #: Where the server's API listens by default (its --api-socket).
@@ -99,12 +101,43 @@ def ping_lines(answer: dict) -> list[str]:
     return lines
 
 
-def format_status(tunnels: list[dict]) -> str:
-    """The C{bpctunnel status} table."""
-    rows = [("HOST", "PORT", "CLIENT", "SINCE", "CHANNELS", "TO CLIENT", "FROM CLIENT", "LAST BACKUP")]
-    for t in tunnels:
-        rows.append((t["host"], str(t["port"]), t["client_address"], t["connected_since"] or "-",
-                     str(t["channels_open"]), str(t["bytes_to_client"]),
-                     str(t["bytes_from_client"]), str(t.get("last_backup") or "-")))
+def human_age(seconds: float) -> str:
+    """C{7260} -> C{2h}: the largest unit that fits."""
+    seconds = max(0, int(seconds))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _seconds(stamp: str | None) -> float | None:
+    return datetime.datetime.fromisoformat(stamp).timestamp() if stamp else None
+
+
+def format_hosts(body: dict) -> str:
+    """The C{bpctunnel status} table of C{GET /api/v1/hosts}: plain words, no reprs."""
+    now = _seconds(body["generated_at"])
+    rows = [("HOST", "STATE", "ADDRESS", "RTT", "TODAY", "LAST BACKUP")]
+    for h in body["hosts"]:
+        if h["connected"]:
+            state = f"connected {human_age(now - _seconds(h['connected_since']))}"
+        elif h["last_seen"]:
+            state = f"seen {human_age(now - _seconds(h['last_seen']))} ago"
+        else:
+            state = "never seen"
+        backup = h["last_backup"]
+        if backup is None:
+            last = "-"
+        else:
+            ago = human_age(now - _seconds(backup["at"]))
+            last = f"ok {ago} ago" if backup["ok"] else f"FAILED {ago} ago"
+            if not backup["ok"] and backup["detail"]:
+                last += f": {' '.join(backup['detail'].split())[:60]}"
+        rtt = f"{h['rtt_ms']:.1f} ms" if h["rtt_ms"] is not None else "-"
+        rows.append((h["host"], state, h["address"] or "-", rtt, human_bytes(h["bytes_today"]),
+                     last))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    for h in body["hosts"]:
+        lines += [f"{h['host']}: {problem}" for problem in h["problems"]]
+    return "\n".join(lines)

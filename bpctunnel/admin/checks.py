@@ -253,6 +253,14 @@ def format_table(reports: list[HostReport]) -> str:
                      for row in rows)
 
 
+def report_json(report: HostReport) -> dict:
+    """A L{HostReport} as C{bpctunnel list --json} prints it."""
+    return {"host": report.host, "config": str(report.config_path), "port": report.port,
+            "fingerprints": list(report.fingerprints), "expires": report.expires,
+            "shares": list(report.shares),
+            "problems": [problem.message for problem in report.problems]}
+
+
 def live_problems(report: HostReport, tunnel: dict | None,
                   round_trip_ms: float | None) -> list[Problem]:
     """

@@ -183,8 +183,11 @@ class RequestCertOptions(_Command):
 
 
 class ListOptions(_Paths):
-    synopsis = ""
-    longdesc = "A table of the hosts with tunnel settings: port, fingerprint, expiry, shares, problems."
+    synopsis = "[--json]"
+    longdesc = ("A table of the hosts with tunnel settings, from BackupPC's files: port, "
+                "fingerprint, expiry, shares, problems (`bpctunnel status` adds what the "
+                "running server knows: connected, last seen, last backup, traffic).")
+    optFlags = [["json", "j", "Print JSON, for scripts."]]
 
 
 class CheckOptions(_Paths):
@@ -203,9 +206,24 @@ class CheckOptions(_Paths):
         self["host"] = host
 
 
+class WebLinkOptions(_Paths):
+    synopsis = "[--url URL] [--name NAME]"
+    longdesc = ("Adds a link to the tunnel dashboard to BackupPC's navigation bar "
+                "($Conf{CgiNavBarLinks} in config.pl, shown to BackupPC's admins), keeping "
+                "the other links and the file's owner, group and mode; running it again "
+                "changes nothing.  The URL is where Apache serves the dashboard (see "
+                "apache-bpctunnel.conf).")
+    optParameters = [
+        ["url", None, "/backuppc/tunnels/dashboard/", "The dashboard's URL."],
+        ["name", None, "Tunnels", "The link's text."],
+    ]
+
+
 class StatusOptions(_Api):
     synopsis = "[--json]"
-    longdesc = "The connected tunnels, from the running server's status API."
+    longdesc = ("Every tunnel host, connected or not, from the running server's status API "
+                "(GET /api/v1/hosts): connected since or last seen, address, round trip, "
+                "bytes today, last backup; then each host's problems.")
     optFlags = [["json", "j", "Print the API's JSON, for scripts."]]
 
 
@@ -270,7 +288,8 @@ class Options(usage.Options):
         ["renew", None, RenewOptions, "Give a laptop a new certificate."],
         ["list", None, ListOptions, "List the tunnel hosts."],
         ["check", None, CheckOptions, "Explain every misconfiguration."],
-        ["status", None, StatusOptions, "Show the connected tunnels (running server)."],
+        ["web-link", None, WebLinkOptions, "Link the dashboard from BackupPC's navigation bar."],
+        ["status", None, StatusOptions, "Show every tunnel host's state (running server)."],
         ["ping", None, PingOptions, "Round trip to a host through its tunnel (for PingCmd)."],
         ["backup-done", None, BackupDoneOptions, "Report a backup's result (for DumpPostUserCmd)."],
         ["backup-now", None, BackupNowOptions, "On a laptop: back up now, show progress."],
@@ -331,15 +350,17 @@ def run(command: str, o) -> int:
         lines = list(commands.renew(o.paths(), o["host"], **_register_kwargs(o)).messages)
     elif command == "revoke":
         lines = commands.revoke(o.paths(), o["host"]) + [_live_tunnel_note(o)]
+    elif command == "web-link":
+        lines = commands.web_link(o.paths(), o["url"], o["name"])
     elif command == "status":
-        answer = api_client.call("GET", o["api"], "/api/v1/tunnels",
+        answer = api_client.call("GET", o["api"], "/api/v1/hosts",
                                  api_client.api_token(o["api-token-file"]))
         if o["json"]:
             import json
 
             lines = [json.dumps(answer, indent=1)]
         else:
-            lines = [api_client.format_status(answer["tunnels"])]
+            lines = [api_client.format_hosts(answer)]
     elif command == "ping":
         host = o["host"].lower()
         try:
@@ -365,7 +386,13 @@ def run(command: str, o) -> int:
     elif command == "request-cert":
         lines = commands.request_cert(o["host"], Path(o["out"]))
     elif command == "list":
-        lines = [checks.format_table(checks.inspect_hosts(o.paths()))]
+        reports = checks.inspect_hosts(o.paths())
+        if o["json"]:
+            import json
+
+            lines = [json.dumps({"hosts": [checks.report_json(r) for r in reports]}, indent=1)]
+        else:
+            lines = [checks.format_table(reports)]
     elif command == "check":
         return _check(o)
     for line in lines:

@@ -562,3 +562,28 @@ def renew(paths: Paths, host: str, **kwargs) -> Registration:
     if not (isinstance(comment, str) and find_fingerprints(comment)):
         raise AdminError(f"{host} is not registered; use `bpctunnel register-client {host}`")
     return register_client(paths, host, renew=True, **kwargs)
+
+
+# -- web-link ------------------------------------------------------------------
+
+#: Where etc/apache-bpctunnel.conf serves the dashboard, under BackupPC's own URL.
+DEFAULT_WEB_LINK = "/backuppc/tunnels/dashboard/"
+WEB_LINK_NAME = "Tunnels"
+
+
+def web_link(paths: Paths, url: str = DEFAULT_WEB_LINK, name: str = WEB_LINK_NAME) -> list[str]:
+    """
+    Add a link C{name} to C{url} to BackupPC's navigation bar
+    (C{$Conf{CgiNavBarLinks}} in config.pl, for BackupPC's admins), keeping
+    the other links and the file's owner, group and mode.  Idempotent.
+    """
+    from bpctunnel.backuppc.navbar import SETTING, add_nav_link
+
+    path = paths.config_pl
+    text = read_config_text(path, "BackupPC config")
+    new, added = add_nav_link(text, url, name, str(path))
+    if not added:
+        return [f"BackupPC's navigation bar already links to {url} ({path})"]
+    confedit.write_atomically(path, new, text)
+    return [f"added {name!r} -> {url} to $Conf{{{SETTING}}} in {path}; BackupPC's web "
+            f"interface shows it to its admins from the next page on"]

@@ -1,6 +1,8 @@
 """
 The server's status API and metrics, served by C{twisted.web}.
 
+    GET    /api/v1/hosts                every tunnel host, connected or not, with its
+                                        history (L{bpctunnel.server.hosts_view})
     GET    /api/v1/tunnels              every connected host
     GET    /api/v1/tunnels/HOST         one
     DELETE /api/v1/tunnels/HOST         drop that tunnel
@@ -18,7 +20,6 @@ C{Authorization: Bearer TOKEN}.
 
 from __future__ import annotations
 
-import datetime
 import hmac
 import json
 import math
@@ -32,17 +33,11 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from bpctunnel.server.history import iso
 from bpctunnel.wire import framing
 
 PING_TIMEOUT = 5.0
 MAX_PINGS = 20
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
-        timespec="seconds")
 
 
 def tunnel_info(tunnel) -> dict:
@@ -53,7 +48,7 @@ def tunnel_info(tunnel) -> dict:
         "host": tunnel.host,
         "port": tunnel.settings.port,
         "client_address": tunnel.peer_address,
-        "connected_since": _iso(tunnel.connected_at),
+        "connected_since": iso(tunnel.connected_at),
         "certificate_expires": expires.isoformat(timespec="seconds") if expires else None,
         "channels_open": len(mux.channels),
         "channels_opened": mux.channels_opened,
@@ -105,6 +100,19 @@ class _Api(Resource):
 
     def not_found(self, request, host: str) -> bytes:
         return _json(request, 404, {"error": f"no tunnel for {host} is up"})
+
+
+class HostsResource(Resource):
+    """C{/api/v1/hosts}: every tunnel host BackupPC knows and every connected one."""
+
+    isLeaf = True
+
+    def __init__(self, factory):
+        super().__init__()
+        self.factory = factory
+
+    def render_GET(self, request) -> bytes:
+        return _json(request, 200, self.factory.state.hosts_view.body())
 
 
 class TunnelsResource(_Api):
@@ -188,6 +196,8 @@ class PingResource(_Api):
             answered = [r * 1000 for r in rtts if r is not None]
             for rtt in answered:
                 self.factory.metrics.ping_rtt.observe(rtt / 1000)
+            if answered:
+                self.factory.state.history.round_trip(self.host, answered[-1] / 1000)
             if not answered:
                 body = _json(request, 504, {"error": f"{self.host} did not answer within "
                                                       f"{timeout:g} seconds"})
@@ -222,6 +232,8 @@ class BackupDoneResource(_Api):
         detail = request.args.get(b"detail", [b""])[0].decode("utf-8", "replace")[:500]
         ok = ok_arg == b"1"
         self.factory.metrics.backups.labels("success" if ok else "failure").inc()
+        # Kept whether or not the tunnel is still up to be told.
+        self.factory.state.hosts_view.backup_done(self.host, ok, detail)
         told = self.factory.backup_desk.backup_done(self.host, ok, detail)
         return _json(request, 200, {"host": self.host, "delivered": told > 0})
 
@@ -261,6 +273,7 @@ class _Guard(Resource):
         v1 = Resource()
         api.putChild(b"v1", v1)
         v1.putChild(b"tunnels", TunnelsResource(factory))
+        v1.putChild(b"hosts", HostsResource(factory))
         self.children_by_name = {b"api": api, b"metrics": MetricsResource(factory.metrics)}
 
     def getChild(self, name: bytes, request):
@@ -284,4 +297,6 @@ def make_api_site(factory, token: str | None = None) -> Site:
     site = Site(_Guard(factory, token))
     site.displayTracebacks = False
     site.noisy = False
+    from bpctunnel.server.dashboard import DashboardGate  # it imports this module
+    site.resource = DashboardGate(site.resource, factory, token)
     return site

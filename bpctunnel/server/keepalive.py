@@ -89,11 +89,14 @@ class Keepalive:
     dead.
 
     @param send_ping: sends a WebSocket ping frame with the given payload.
+    @param on_round_trip: told each answered ping's round trip, in seconds.
     """
 
     def __init__(self, clock: IReactorTime, interval: float, timeout: float,
-                 send_ping: Callable[[bytes], None], on_dead: Callable[[], None]):
+                 send_ping: Callable[[bytes], None], on_dead: Callable[[], None],
+                 on_round_trip: Callable[[float], None] | None = None):
         self.clock = clock
+        self._on_round_trip = on_round_trip
         self.interval = interval
         self.timeout = timeout
         self._on_dead = on_dead
@@ -138,4 +141,6 @@ class Keepalive:
             self.running = False
             self._on_dead()
         else:
+            if self._on_round_trip is not None:
+                self._on_round_trip(rtt)
             self._schedule()

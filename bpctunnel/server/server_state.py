@@ -27,6 +27,8 @@ from bpctunnel.server.admission import HandshakeLimit
 from bpctunnel.server.authorization import HostAuthorization
 from bpctunnel.server.backup_requests import BackupDesk
 from bpctunnel.server.handshake_refusals import HandshakeRefusals
+from bpctunnel.server.history import STATE_FILE, HostHistory, StateFile
+from bpctunnel.server.hosts_view import HostsView
 from bpctunnel.server.metrics import ServerMetrics
 from bpctunnel.server.settings import ServerSettings
 from bpctunnel.server.backuppc_port import LocalUsers
@@ -89,6 +91,13 @@ class ServerState:
         #: Window growth all tunnels together may have (see L{bpctunnel.wire.windows}).
         self.window_budget = WindowBudget(settings.window_budget)
         self.backup_desk = BackupDesk(reactor, self.tunnels, backup_trigger)
+        #: What lasts across restarts: each host's last connection, backup,
+        #: round trip and traffic.
+        self.history = HostHistory(
+            reactor, StateFile(settings.state_dir / STATE_FILE) if settings.state_dir else None)
+        self.observers.append(self.history.tunnel_event)
+        #: The fleet as the API and the dashboard show it.
+        self.hosts_view = HostsView(self)
         self._checker = LoopingCall(self.check_tunnels)
         self._checker.clock = reactor
 
@@ -97,10 +106,12 @@ class ServerState:
         if not self._checker.running:
             self._checker.start(self.settings.check_interval, now=False).addErrback(
                 lambda f: self.log.failure("the tunnel checks stopped", f))
+        self.history.start()
 
     def stop_checks(self) -> None:
         if self._checker.running:
             self._checker.stop()
+        self.history.stop()
 
     def check_tunnels(self) -> None:
         """Check every live tunnel (see L{bpctunnel.server.session.TunnelSession.check})."""

@@ -103,6 +103,9 @@ class Options(PluginOptions):
          "Endpoint of the status API and /metrics; 'none' disables it."],
         ["api-token-file", None, None, "File holding the API's bearer token (required when the "
                                        "API listens beyond loopback)."],
+        ["state-dir", None, "/var/lib/bpctunnel",
+         "Folder for the hosts' history (state.json: last seen, last backup, traffic), kept "
+         "across restarts; 'none' keeps it in memory only."],
     ]
 
     def postOptions(self) -> None:
@@ -122,7 +125,8 @@ class Options(PluginOptions):
                 handshake_timeout=self["handshake-timeout"],
                 max_handshakes=self["max-handshakes"],
                 max_window=self["max-window"] * MiB, window_budget=self["window-budget"] * MiB,
-                local_uids=local_uids(self["local-users"], conf))
+                local_uids=local_uids(self["local-users"], conf),
+                state_dir=state_folder(self["state-dir"]))
             self["api_token"] = None
             if self["api-socket"] != "none":
                 api_socket_folder(Path(self["api-socket"]))
@@ -189,6 +193,27 @@ class ApiSocketEndpoint:
             return port
 
         return endpoint.listen(factory).addCallback(owned)
+
+
+def state_folder(option: str) -> Path | None:
+    """
+    C{--state-dir}: the folder, made if missing (systemd makes
+    /var/lib/bpctunnel: StateDirectory=), or None for C{none}.
+
+    @raise ConfigError: it cannot be made or written.
+    """
+    if option == "none":
+        return None
+    path = Path(option)
+    try:
+        path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {path} for --state-dir: {e.strerror}; create it "
+                          f"(writable by the server's user), or pass --state-dir none") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--state-dir {path} is not writable by this user; fix its owner, or "
+                          f"pass --state-dir none")
+    return path
 
 
 def api_socket_folder(path: Path) -> None:
@@ -271,7 +296,13 @@ class RestartNoticeService(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
-        return self.state.close_for_stop(self.grace)
+
+        def save(result):
+            # Last: the closed tunnels' disconnections are in the history too.
+            self.state.history.stop()
+            return result
+
+        return self.state.close_for_stop(self.grace).addBoth(save)
 
 
 def makeService(options: Options, reactor=None):

@@ -136,7 +136,8 @@ class TunnelSession:
         # intervals, so an outage shorter than that costs no tunnel wherever
         # it falls relative to the pings (issue 16).
         self.keepalive = Keepalive(self.clock, interval, DEAD_AFTER_INTERVALS * interval,
-                                   link.send_ping, self._keepalive_failed)
+                                   link.send_ping, self._keepalive_failed,
+                                   on_round_trip=self._round_trip)
 
     # -- from accept to open -----------------------------------------------
 
@@ -330,6 +331,10 @@ class TunnelSession:
         self.keepalive.pong(payload)
         self._heard_from_client()
 
+    def _round_trip(self, seconds: float) -> None:
+        if self.host is not None and not self.watching:
+            self.server.history.round_trip(self.host, seconds)
+
     def _keepalive_failed(self) -> None:
         self._log_closed(f"ping timeout: no answer within {self.keepalive.timeout:g} seconds "
                          f"(two --keepalive intervals)")
@@ -348,6 +353,7 @@ class TunnelSession:
     def _control(self, body: dict) -> None:
         desk = self.server.backup_desk
         if body.get("type") == "backup-request":
+            self.server.history.backup_requested(self.host)
             desk.request(self.link, full=body.get("full") is True)
         elif body.get("type") == "transfer-report" and not self.watching:
             # Only the connection that runs the laptop's rsync has any to make.

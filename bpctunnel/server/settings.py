@@ -57,3 +57,7 @@ class ServerSettings:
                                      validator=[instance_of(int), ge(0)])
     local_uids: frozenset[int] | None = attrs.field(
         default=None, converter=attrs.converters.optional(frozenset))
+    #: Where the hosts' history lasts across restarts (L{bpctunnel.server.history});
+    #: None: kept in memory only.
+    state_dir: Path | None = attrs.field(default=None,
+                                         converter=attrs.converters.optional(Path))

@@ -112,10 +112,12 @@ class Sandbox:
         (sandbox.conf_dir / "hosts").write_text(HOSTS_HEADER + "localhost   0       backuppc\n")
         return sandbox
 
-    def issue_client(self, host: str, ca: pki.CertAndKey | None = None) -> ClientFiles:
+    def issue_client(self, host: str, ca: pki.CertAndKey | None = None,
+                     days: int = 825) -> ClientFiles:
         """
         A client certificate for C{host} (from another CA if C{ca} is given),
-        in a folder of its own so that several bundles for one host can exist.
+        valid for C{days}, in a folder of its own so that several bundles for
+        one host can exist.
         """
         folder = self.root / "clients" / host
         n = 1
@@ -124,7 +126,7 @@ class Sandbox:
             folder = self.root / "clients" / f"{host}-{n}"
         folder.mkdir(parents=True)
         issuer = ca or self.ca
-        bundle = pki.make_client_cert(issuer, host)
+        bundle = pki.make_client_cert(issuer, host, days)
         files = ClientFiles(host, folder / "ca.crt", folder / f"{host}.crt", folder / f"{host}.key",
                             pki.fingerprint_sha256(bundle.cert_pem))
         pki.write_public(files.ca, self.ca.cert_pem)

@@ -1,0 +1,243 @@
+"""
+The dashboard's resources in memory (treq's StubTreq): the page, its
+sign-in with the API token, and its POST actions' cross-site refusals
+(issue 18, acceptance 4).  tests/test_dashboard_browser.py drives the page
+in a real browser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from http.cookies import SimpleCookie
+from unittest import mock
+
+from treq.testing import StubTreq
+from twisted.internet.defer import succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from bpctunnel.server import api
+from bpctunnel.server.api import make_api_site
+from bpctunnel.server.dashboard import COOKIE, cookie_value
+
+BASE = "http://dash.example"
+TOKEN = "the-api-token-0123456789"
+
+
+class FakeTunnel:
+    """What the API's DELETE and ping use of a tunnel."""
+
+    def __init__(self, host):
+        self.host = host
+        self.mux = mock.Mock(lost=False)
+        self.closed = []
+
+    def close_tunnel(self, code, reason):
+        self.closed.append(reason)
+
+    def ping(self, timeout):
+        return succeed(0.0025)
+
+
+class FakeTunnels(dict):
+    def __iter__(self):
+        return iter(self.values())
+
+
+class FakeFactory:
+    def __init__(self, *hosts):
+        self.tunnels = FakeTunnels({host: FakeTunnel(host) for host in hosts})
+        self.metrics = mock.Mock()
+        # What the API's /api/v1/hosts and ping use (bpctunnel.server.history).
+        self.state = mock.Mock()
+        self.state.hosts_view.body.return_value = {"generated_at": "2025-01-01T00:00:00+00:00",
+                                                   "hosts": []}
+
+
+class DashboardTestCase(SynchronousTestCase):
+    token: str | None = None
+
+    def setUp(self):
+        self.factory = FakeFactory("laptop1")
+        self.tunnel = self.factory.tunnels["laptop1"]
+        self.root = make_api_site(self.factory, self.token).resource
+
+    def request(self, method, path, **kwargs):
+        """(code, headers, body) of C{method} C{path}, with no cookie but C{cookies}."""
+        http = StubTreq(self.root)
+        d = http.request(method, BASE + path, allow_redirects=False, **kwargs)
+        http.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(http.content(response))
+        return response.code, response.headers, body
+
+    def csrf_token(self, **kwargs) -> str:
+        code, _, page = self.request("GET", "/dashboard/", **kwargs)
+        self.assertEqual(code, 200)
+        return re.search(rb'<meta name="csrf-token" content="([^"]+)">', page)[1].decode()
+
+
+class PageTests(DashboardTestCase):
+    """On the Unix socket (no token): the page and its files."""
+
+    def test_page(self):
+        """The page carries a random token, a strict CSP, and loads its own files."""
+        code, headers, page = self.request("GET", "/dashboard/")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"])
+        self.assertIn(b"script-src 'self';", headers.getRawHeaders(b"content-security-policy")[0])
+        self.assertEqual(headers.getRawHeaders(b"referrer-policy"), [b"no-referrer"])
+        self.assertIn(b'<script src="dashboard.js" defer></script>', page)
+        self.assertNotIn(b"@CSRF_TOKEN@", page)
+        self.assertGreaterEqual(len(self.csrf_token()), 40)
+        other = StubTreq(make_api_site(FakeFactory()).resource)
+        d = other.get(BASE + "/dashboard/")
+        other.flush()
+        self.assertNotIn(self.csrf_token().encode(),
+                         self.successResultOf(other.content(self.successResultOf(d))))
+
+    def test_files(self):
+        for name, kind in [("dashboard.js", b"text/javascript"), ("dashboard.css", b"text/css")]:
+            code, headers, body = self.request("GET", "/dashboard/" + name)
+            self.assertEqual(code, 200)
+            self.assertTrue(headers.getRawHeaders(b"content-type")[0].startswith(kind))
+            self.assertGreater(len(body), 500)
+        code, _, body = self.request("GET", "/dashboard/nothing")
+        self.assertEqual((code, body), (404, b'{\n "error": "no such dashboard resource"\n}\n'))
+
+    def test_slash_redirect(self):
+        """C{/dashboard} sends the browser to C{/dashboard/}, where relative URLs work."""
+        code, headers, _ = self.request("GET", "/dashboard")
+        self.assertEqual((code, headers.getRawHeaders(b"location")), (302, [b"dashboard/"]))
+
+    def test_api_unchanged(self):
+        code, _, body = self.request("GET", "/api/v1/tunnels/nobody")
+        self.assertEqual((code, body), (404, b'{\n "error": "no tunnel for nobody is up"\n}\n'))
+
+
+class CrossSiteTests(DashboardTestCase):
+    """Acceptance 4: a cross-site POST without the page's token is refused."""
+
+    def post(self, path, **headers):
+        return self.request("POST", path, headers={k.replace("_", "-"): v
+                                                    for k, v in headers.items()})
+
+    def test_cross_site_without_token_refused(self):
+        code, _, body = self.post("/dashboard/hosts/laptop1/drop", Origin="https://evil.example",
+                                  Sec_Fetch_Site="cross-site")
+        self.assertEqual((code, body), (403, b'{\n "error": "a cross-site request may not act '
+                                             b'here"\n}\n'))
+        self.assertEqual(self.tunnel.closed, [])
+
+    def test_without_token_refused(self):
+        """Even without the browser's headers (an old browser, a form, curl)."""
+        for token in [None, "guess"]:
+            code, _, body = self.post("/dashboard/hosts/laptop1/drop",
+                                      **({"X-CSRF-Token": token} if token else {}))
+            self.assertEqual(code, 403)
+            self.assertIn(b"lacks the dashboard page's token", body)
+        self.assertEqual(self.tunnel.closed, [])
+
+    def test_token_from_another_origin_refused(self):
+        token = self.csrf_token()
+        code, _, body = self.post("/dashboard/hosts/laptop1/drop", X_CSRF_Token=token,
+                                  Origin="https://evil.example")
+        self.assertEqual(code, 403)
+        self.assertIn(b"another site (Origin)", body)
+        code, _, _ = self.post("/dashboard/hosts/laptop1/drop", X_CSRF_Token=token,
+                               Sec_Fetch_Site="same-site")
+        self.assertEqual((code, self.tunnel.closed), (403, []))
+
+    def test_drop_with_token(self):
+        """The page's own POST (its token, same origin) drops the tunnel."""
+        code, _, body = self.post("/dashboard/hosts/LAPTOP1/drop", X_CSRF_Token=self.csrf_token(),
+                                  Origin=BASE, Sec_Fetch_Site="same-origin")
+        self.assertEqual((code, body), (200, b'{\n "dropped": "laptop1"\n}\n'))
+        self.assertEqual(self.tunnel.closed, ["the tunnel of laptop1 was dropped by an admin"])
+
+    def test_behind_proxy(self):
+        """Behind a reverse proxy, Origin is checked against X-Forwarded-Host."""
+        code, _, _ = self.post("/dashboard/hosts/laptop1/drop", X_CSRF_Token=self.csrf_token(),
+                               Origin="https://backuppc.example",
+                               X_Forwarded_Host="backuppc.example")
+        self.assertEqual(code, 200)
+
+    def test_drop_needs_root(self):
+        """On the Unix socket only root may drop a tunnel, as with the API's DELETE."""
+        with mock.patch.object(api, "peer_uid", return_value=33):
+            code, _, body = self.post("/dashboard/hosts/laptop1/drop",
+                                      X_CSRF_Token=self.csrf_token())
+        self.assertEqual((code, body), (403, b'{\n "error": "only root may drop a tunnel"\n}\n'))
+        self.assertEqual(self.tunnel.closed, [])
+
+    def test_ping(self):
+        code, _, body = self.post("/dashboard/hosts/laptop1/ping?count=2",
+                                  X_CSRF_Token=self.csrf_token())
+        self.assertEqual(code, 200)
+        self.assertIn(b'"received": 2', body)
+        code, _, body = self.post("/dashboard/hosts/nobody/ping", X_CSRF_Token=self.csrf_token())
+        self.assertEqual((code, body), (404, b'{\n "error": "no tunnel for nobody is up"\n}\n'))
+
+    def test_get_does_not_act(self):
+        code, headers, _ = self.request("GET", "/dashboard/hosts/laptop1/drop")
+        self.assertEqual((code, self.tunnel.closed), (405, []))
+        self.assertEqual(headers.getRawHeaders(b"allow"), [b"POST"])
+
+
+class TokenSignInTests(DashboardTestCase):
+    """On TCP with a token: C{?token=} once, then a cookie that only reads."""
+
+    token = TOKEN
+
+    def sign_in(self) -> dict:
+        code, headers, _ = self.request("GET", f"/dashboard/?token={TOKEN}")
+        self.assertEqual((code, headers.getRawHeaders(b"location")), (302, [b"./"]))
+        [line] = headers.getRawHeaders(b"set-cookie")
+        self.assertNotIn(TOKEN.encode(), line)
+        self.assertIn(b"HttpOnly", line)
+        self.assertIn(b"SameSite=strict", line)
+        cookie = SimpleCookie(line.decode())
+        return {name: morsel.value for name, morsel in cookie.items()}
+
+    def test_needs_token(self):
+        for path in ["/dashboard/", "/dashboard/dashboard.js", "/dashboard/?token=wrong"]:
+            code, _, body = self.request("GET", path)
+            self.assertEqual(code, 401, path)
+            self.assertIn(b"/dashboard/?token=TOKEN", body)
+
+    def test_sign_in(self):
+        cookies = self.sign_in()
+        self.assertEqual(cookies, {COOKIE.decode(): cookie_value(TOKEN).decode()})
+        code, _, _ = self.request("GET", "/dashboard/", cookies=cookies)
+        self.assertEqual(code, 200)
+        code, _, _ = self.request("GET", "/dashboard/", headers={"Authorization": f"Bearer {TOKEN}"})
+        self.assertEqual(code, 200)
+
+    def test_cookie_reads_api(self):
+        """The cookie stands for the token on the API's GETs: the page's polls."""
+        code, _, _ = self.request("GET", "/api/v1/hosts")
+        self.assertEqual(code, 401)
+        code, _, body = self.request("GET", "/api/v1/hosts", cookies=self.sign_in())
+        self.assertEqual((code, json.loads(body)["hosts"]), (200, []))
+
+    def test_cookie_does_not_act_on_api(self):
+        """...but not on its DELETE or POST, which have no page token to check."""
+        cookies = self.sign_in()
+        for method, path in [("DELETE", "/api/v1/tunnels/laptop1"),
+                             ("POST", "/api/v1/tunnels/laptop1/ping")]:
+            code, _, _ = self.request(method, path, cookies=cookies)
+            self.assertEqual(code, 401, path)
+        self.assertEqual(self.tunnel.closed, [])
+
+    def test_post_needs_both(self):
+        cookies = self.sign_in()
+        csrf = self.csrf_token(cookies=cookies)
+        code, _, _ = self.request("POST", "/dashboard/hosts/laptop1/drop",
+                                  headers={"X-CSRF-Token": csrf})
+        self.assertEqual(code, 401)
+        code, _, _ = self.request("POST", "/dashboard/hosts/laptop1/drop", cookies=cookies)
+        self.assertEqual(code, 403)
+        self.assertEqual(self.tunnel.closed, [])
+        code, _, _ = self.request("POST", "/dashboard/hosts/laptop1/drop", cookies=cookies,
+                                  headers={"X-CSRF-Token": csrf})
+        self.assertEqual(code, 200)
