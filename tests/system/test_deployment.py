@@ -214,10 +214,18 @@ def test_user_unit_backs_up_the_users_files(site):
     site.wait_tunnel(since, unit="bpctunnel-client.service", user_unit=True)
     ct.wait_journal("bpctunnel-client.service", r"module documents reads files as alice",
                     user_unit=True, timeout=30)
+    number = 1 + max(int(b["num"]) for b in site.backups("laptop1"))
     done = ct.run(["bpctunnel", "backup-now", "--full", "--config",
                    "/home/alice/.config/bpctunnel/client.conf"], user="alice", timeout=600)
     assert "BackupPC reports the backup succeeded" in done.stdout, done.stdout
+    # DumpPostUserCmd (backup-done) runs before BackupPC has closed the
+    # backup's record: its "complete" line in the host's LOG comes after.
+    log = f"{TOP_DIR}/pc/laptop1/LOG.{ct.run(['date', '+%m%Y']).stdout.strip()}"
+    line = ct.wait_file_line(log, rf"full backup {number} complete|backup failed|dump failed",
+                             timeout=120)
+    assert f"full backup {number} complete" in line, ct.read_file(log)
     latest = site.backups("laptop1")[-1]
+    assert latest["num"] == str(number), latest
     assert (latest["type"], latest["xfer_errs"]) == ("full", "0"), latest
     assert "secret.txt" in site.backed_up_files("laptop1", latest["num"], "documents")
 
