@@ -160,6 +160,9 @@ class RealBackupPCTestCase(TestCase):
     @inlineCallbacks
     def last_backup(self, host: str, kind: str):
         """BackupPC's record of C{host}'s newest backup, which must be a clean C{kind}."""
+        # DumpPostUserCmd (what backup-now waits for) runs before BackupPC_dump
+        # closes the backup's record ("active" until then): wait for its end.
+        yield self.bpc.wait_for_host_status(host, self.bpc.idle)
         backups = yield self.bpc.backups(host)
         self.assertTrue(backups, f"BackupPC recorded no backup of {host}")
         last = backups[-1]
