@@ -100,43 +100,37 @@ class HostAuthorization:
             self._port_map = (now or 0.0, self._ports())
         return set(self._port_map[1].get(port, ()))
 
-    def _ports(self) -> dict[int, set[str]]:
+    def _settings(self, name: str):
+        """
+        C{(host, value)} of setting C{name} in each readable own config of
+        the hosts in BackupPC's hosts file (files cached: only changed ones
+        are parsed again); nothing if the hosts file cannot be read (that
+        is reported where it is read to authorize).
+        """
         layout = config_layout(self.backuppc_conf)
-        ports: dict[int, set[str]] = {}
         try:
             hosts = self._read_hosts(self.backuppc_conf / "hosts")
         except BpcTunnelError:
-            return ports        # reported where the hosts file is read to authorize
+            return
         for host in hosts:
             try:
                 path = find_host_config(self.backuppc_conf, host, layout)
-                value = self._read_config(path).get("RsyncdClientPort") if path else None
+                value = self._read_config(path).get(name) if path else None
             except BpcTunnelError:
                 continue
+            yield host, value
+
+    def _ports(self) -> dict[int, set[str]]:
+        ports: dict[int, set[str]] = {}
+        for host, value in self._settings("RsyncdClientPort"):
             if isinstance(value, str) and value.isdigit():
                 ports.setdefault(int(value), set()).add(host)
         return ports
 
     def tunnel_hosts(self) -> set[str]:
-        """
-        The hosts of BackupPC's hosts file whose own config holds a
-        C{TunnelCert} (files cached: only changed ones are parsed again).
-        """
-        layout = config_layout(self.backuppc_conf)
-        found = set()
-        try:
-            hosts = self._read_hosts(self.backuppc_conf / "hosts")
-        except BpcTunnelError:
-            return found
-        for host in hosts:
-            try:
-                path = find_host_config(self.backuppc_conf, host, layout)
-                comment = self._read_config(path).get("ClientComment") if path else None
-            except BpcTunnelError:
-                continue
-            if isinstance(comment, str) and TUNNEL_CERT_RE.search(comment):
-                found.add(host)
-        return found
+        """The hosts of BackupPC's hosts file whose own config holds a C{TunnelCert}."""
+        return {host for host, comment in self._settings("ClientComment")
+                if isinstance(comment, str) and TUNNEL_CERT_RE.search(comment)}
 
     def recheck(self, held: AuthorizedHost, common_name: str,
                 fingerprint: str) -> Revocation | None:
