@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bpctunnel.admin import commands as admin
-from bpctunnel.admin import checks as health
+from bpctunnel.backuppc import checks as health
 from bpctunnel import pki
 from bpctunnel.admin.commands import AdminError, Paths
 from bpctunnel.backuppc.hosts import authorize, read_hosts, read_perl_config
@@ -25,7 +25,7 @@ from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.client.config import find_rsync
 from bpctunnel.client.rsync_auth import RsyncAuth
 from bpctunnel.admin.demo import rsync_pull
-from bpctunnel.admin.checks import format_table, inspect_hosts
+from bpctunnel.backuppc.checks import format_table, inspect_hosts
 from bpctunnel.testing.sandbox import HOSTS_HEADER, make_sample_tree, start_client, start_server, tree_digest
 from tests.helpers import TIMEOUT, LogCapture, run_cli, temp_dir
 
@@ -336,7 +336,7 @@ class CheckTests(SynchronousTestCase):
 
     def test_unreadable_for_backuppc(self):
         """Run as root, check still sees what BackupPC's user cannot read."""
-        from bpctunnel.admin.permissions import Account
+        from bpctunnel.backuppc.permissions import Account
 
         nobody = Account.named("nobody")
         os.chmod(self.config, 0o640)

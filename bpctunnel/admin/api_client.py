@@ -140,4 +140,5 @@ def format_hosts(body: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     for h in body["hosts"]:
         lines += [f"{h['host']}: {problem}" for problem in h["problems"]]
+    lines += [f"server: {problem}" for problem in body.get("server_problems", [])]
     return "\n".join(lines)

@@ -332,7 +332,7 @@ def run(command: str, o) -> int:
     """Run one admin subcommand; returns the exit status."""
     from bpctunnel.admin import commands
     from bpctunnel.admin import api_client
-    from bpctunnel.admin import checks
+    from bpctunnel.backuppc import checks
 
     if command == "init-ca":
         paths = commands.Paths(certs=Path(o["certs"]), conf=Path(o["backuppc-conf"]))
@@ -402,12 +402,9 @@ def run(command: str, o) -> int:
 
 def _readers(o) -> list:
     """The accounts that must read BackupPC's and the server's files."""
-    from bpctunnel.admin import commands
-    from bpctunnel.admin.permissions import Account
+    from bpctunnel.backuppc import checks
 
-    names = dict.fromkeys([commands.backuppc_user(o.paths()), o["server-user"] or
-                           commands.backuppc_user(o.paths())])
-    return [a for a in map(Account.named, names) if a is not None]
+    return checks.readers(o.paths(), o["server-user"])
 
 
 def _live(o, report):
@@ -431,7 +428,7 @@ def _live(o, report):
 
 def _check(o) -> int:
     from bpctunnel.admin import api_client
-    from bpctunnel.admin import checks
+    from bpctunnel.backuppc import checks
 
     readers = _readers(o)
     reports = checks.inspect_hosts(o.paths(), readers)

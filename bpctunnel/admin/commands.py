@@ -31,28 +31,26 @@ from bpctunnel.backuppc.hosts import (
 )
 from bpctunnel.errors import BpcTunnelError, ConfigError
 from bpctunnel.backuppc.layout import config_layout
-from bpctunnel.backuppc.perlconf import parse_perl_config
+from bpctunnel.backuppc.paths import (
+    DEFAULT_CONF,
+    RENEW_WITHIN_DAYS,
+    RSYNCD_PASSWD_PLACEHOLDER,
+    TUNNEL_PING_MAX_MSEC,
+    Paths,
+    backuppc_setting,
+    backuppc_user,
+    host_config_files,
+    read_host_config,
+)
 from bpctunnel.client.rsync_auth import DEFAULT_USER as DEFAULT_RSYNC_USER, RsyncAuth
 
-DEFAULT_CERTS = Path("/etc/bpctunnel")
-DEFAULT_CONF = Path("/etc/backuppc")
 DEFAULT_PORT_RANGE = (64701, 65000)
 DEFAULT_SERVER_PORT = 8443
 #: The bundle's client config: the name the client units and backup-now use.
 CLIENT_CONF = "client.conf"
-#: Certificates this close to expiry are reissued rather than reused, and flagged by check.
-RENEW_WITHIN_DAYS = 30
-
-#: BackupPC skips a host whose ping takes longer than $Conf{PingMaxMsec}
-#: (default 20 ms); a laptop's round trip through its tunnel is the whole
-#: Internet path, often 30-300 ms, so tunnel hosts get this instead.
-TUNNEL_PING_MAX_MSEC = 2000
 #: Where Debian's backuppc package puts BackupPC's command for its daemon.
 BACKUPPC_SERVER_MESG = "/usr/share/backuppc/bin/BackupPC_serverMesg"
 
-#: What register-client wrote as RsyncdPasswd before hosts had secrets of
-#: their own (bpctunnel.client.rsync_auth): such a host relies on its port alone.
-RSYNCD_PASSWD_PLACEHOLDER = "unused-bpctunnel-authenticates-with-tls"
 #: The bundle's file with the secret the laptop's rsync daemon asks for.
 RSYNC_SECRETS = "rsyncd.secrets"
 
@@ -67,54 +65,6 @@ def bpctunnel_path() -> str:
 
 class AdminError(BpcTunnelError):
     """An admin command cannot do what it was asked."""
-
-
-@attrs.frozen
-class Paths:
-    """Where the server's certificates and BackupPC's configuration live."""
-
-    certs: Path = DEFAULT_CERTS
-    conf: Path = DEFAULT_CONF
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.certs / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.certs / "ca.key"
-
-    @property
-    def server_conf(self) -> Path:
-        return self.certs / "server.conf"
-
-    def issued_cert(self, host: str) -> Path:
-        """A copy of the certificate last issued to C{host} (for expiry checks)."""
-        return self.certs / "clients" / f"{host}.crt"
-
-    @property
-    def hosts(self) -> Path:
-        return self.conf / "hosts"
-
-    @property
-    def config_pl(self) -> Path:
-        """BackupPC's global config: new host configs get its owner, group and mode."""
-        return self.conf / "config.pl"
-
-
-def backuppc_setting(paths: Paths, name: str, default=None):
-    """A plain setting of BackupPC's config.pl (C{default} if absent or unreadable)."""
-    try:
-        value = read_host_config(paths.config_pl)[1].get(name)
-    except ConfigError:
-        return default
-    return default if value is None else value
-
-
-def backuppc_user(paths: Paths) -> str:
-    """The user BackupPC runs as ($Conf{BackupPCUser}), who must read host configs."""
-    user = backuppc_setting(paths, "BackupPCUser", "backuppc")
-    return user if isinstance(user, str) and user else "backuppc"
 
 
 # -- init-ca -------------------------------------------------------------------
@@ -213,27 +163,6 @@ def checked_host(host: str) -> str:
     if problem:
         raise AdminError(f"{host!r} is not a usable BackupPC host name ({problem})")
     return ascii_lower(host)
-
-
-def host_config_files(conf: Path) -> dict[Path, str]:
-    """Every host config in C{conf} and C{conf/pc} (once each), by path -> host."""
-    found: dict[Path, str] = {}
-    seen: set[Path] = set()
-    for folder in (conf, conf / "pc"):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.glob("*.pl")):
-            if path.name == "config.pl" or path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            found[path] = path.name[:-3]
-    return found
-
-
-def read_host_config(path: Path):
-    """Parse a host config; returns (text, PerlConfig)."""
-    text = read_config_text(path, "host config")
-    return text, parse_perl_config(text, str(path))
 
 
 def ports_in_use(conf: Path, except_host: str | None = None) -> dict[int, list[str]]:

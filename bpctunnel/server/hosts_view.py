@@ -2,12 +2,19 @@
 The fleet at a glance: every tunnel host BackupPC knows and every connected
 one, with its state, history and problems; the body of C{GET /api/v1/hosts},
 which the dashboard polls and C{bpctunnel status} prints.
+
+A host's problems are those C{bpctunnel check} reports (from the last
+L{bpctunnel.server.config_checks} findings, and from its live tunnel), and
+what only the server knows: never seen, silent for days, its last backup
+failed, its certificate (the live one if connected) expiring.
 """
 
 from __future__ import annotations
 
 import datetime
 
+from bpctunnel.backuppc.checks import HostReport, live_problems
+from bpctunnel.server.config_checks import Findings
 from bpctunnel.server.history import iso
 
 #: Seconds the list of BackupPC's tunnel hosts is reused between polls.
@@ -46,14 +53,22 @@ class HostsView:
         if host in history.records or host in self.known_hosts(self.state.clock.seconds()):
             history.backup_done(host, ok, detail)
 
+    def findings(self) -> Findings:
+        checks = self.state.config_checks
+        return checks.latest() if checks is not None else Findings()
+
     def body(self) -> dict:
         now = self.state.clock.seconds()
+        findings = self.findings()
         live = {t.host: t for t in self.state.tunnels if t.mux is not None and not t.mux.lost}
-        hosts = sorted(self.known_hosts(now) | set(live))
+        hosts = sorted(self.known_hosts(now) | set(findings.reports) | set(live))
         return {"generated_at": iso(now),
-                "hosts": [self.host_info(host, live.get(host), now) for host in hosts]}
+                "checked_at": iso(findings.at),
+                "server_problems": list(findings.server),
+                "hosts": [self.host_info(host, live.get(host), now, findings.reports.get(host))
+                          for host in hosts]}
 
-    def host_info(self, host: str, tunnel, now: float) -> dict:
+    def host_info(self, host: str, tunnel, now: float, report: HostReport | None = None) -> dict:
         history = self.state.history
         record = history.records.get(host)
         if tunnel is not None:
@@ -63,6 +78,8 @@ class HostsView:
             address = tunnel.peer_address or None
         else:
             expires = record.certificate_expires if record else None
+            # Never connected (or before history kept it): the copy issued.
+            expires = expires or (report.not_after if report else None)
             seen = [t for t in (record.disconnected_at, record.connected_at)
                     if t is not None] if record else []
             last_seen = max(seen, default=None)
@@ -82,12 +99,29 @@ class HostsView:
                             if backup else None),
             "certificate_expires": expires,
         }
-        info["problems"] = problems(info, last_seen, now)
+        info["problems"] = problems(info, last_seen, now) + checked_problems(report, tunnel, record)
         return info
 
 
+def checked_problems(report: HostReport | None, tunnel, record) -> list[str]:
+    """
+    What C{bpctunnel check} reports for the host: from its files (but its
+    certificate's expiry, which L{problems} tells from the live one), and
+    from its live C{tunnel} (modules BackupPC expects, round trip).
+    """
+    if report is None:
+        return []
+    found = [p.message for p in report.problems if p.kind != "certificate"]
+    if tunnel is not None:
+        served = tunnel.served_modules
+        found += [p.message for p in live_problems(
+            report, {"modules": list(served) if served is not None else None},
+            record.rtt_ms if record else None)]
+    return found
+
+
 def problems(info: dict, last_seen: float | None, now: float) -> list[str]:
-    """What is cheaply known to be wrong with a host (C{bpctunnel check} says more)."""
+    """What the server knows is wrong with a host, from its history and live tunnel."""
     found = []
     expires = info["certificate_expires"]
     if expires:

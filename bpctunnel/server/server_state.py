@@ -21,10 +21,12 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from bpctunnel.backuppc.paths import Paths
 from bpctunnel.backuppc.server_mesg import BackupTrigger
 from bpctunnel.refusals import Notice
 from bpctunnel.server.admission import HandshakeLimit
 from bpctunnel.server.authorization import HostAuthorization
+from bpctunnel.server.config_checks import ConfigChecks
 from bpctunnel.server.backup_requests import BackupDesk
 from bpctunnel.server.handshake_refusals import HandshakeRefusals
 from bpctunnel.server.history import STATE_FILE, HostHistory, StateFile
@@ -96,6 +98,9 @@ class ServerState:
         self.history = HostHistory(
             reactor, StateFile(settings.state_dir / STATE_FILE) if settings.state_dir else None)
         self.observers.append(self.history.tunnel_event)
+        #: What `bpctunnel check` finds in the files, for the dashboard.
+        self.config_checks = (ConfigChecks(reactor, Paths(settings.certs, settings.backuppc_conf))
+                              if settings.certs is not None else None)
         #: The fleet as the API and the dashboard show it.
         self.hosts_view = HostsView(self)
         self._checker = LoopingCall(self.check_tunnels)

@@ -126,7 +126,7 @@ class Options(PluginOptions):
                 max_handshakes=self["max-handshakes"],
                 max_window=self["max-window"] * MiB, window_budget=self["window-budget"] * MiB,
                 local_uids=local_uids(self["local-users"], conf),
-                state_dir=state_folder(self["state-dir"]))
+                state_dir=state_folder(self["state-dir"]), certs=Path(self["certs"]))
             self["api_token"] = None
             if self["api-socket"] != "none":
                 api_socket_folder(Path(self["api-socket"]))

@@ -61,3 +61,7 @@ class ServerSettings:
     #: None: kept in memory only.
     state_dir: Path | None = attrs.field(default=None,
                                          converter=attrs.converters.optional(Path))
+    #: The folder of the server's certificates, with the copies of those
+    #: issued to clients (C{clients/HOST.crt}); None: unknown (the
+    #: dashboard then shows no C{bpctunnel check} findings).
+    certs: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))

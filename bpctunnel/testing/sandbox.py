@@ -226,6 +226,7 @@ def start_server(reactor, sandbox: Sandbox | None = None, interface: str = "127.
     """
     certs_dir = certs_dir or sandbox.certs_dir
     conf_dir = conf_dir or sandbox.conf_dir
+    settings.setdefault("certs", certs_dir)
     factory = TunnelServerFactory(reactor, ServerSettings(backuppc_conf=conf_dir, **settings),
                                   backup_trigger=backup_trigger)
     description = listen_description(ListenAddress(interface, port).description, proxy_protocol)

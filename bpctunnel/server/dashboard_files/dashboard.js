@@ -80,6 +80,15 @@ function row(host) {
   return entry;
 }
 
+function problemList(list, problems) {
+  list.replaceChildren(...problems.map(p => {
+    const li = document.createElement("li");
+    li.textContent = p;
+    return li;
+  }));
+  return list;
+}
+
 function show(h, now) {
   const {tr, cells} = row(h.host);
   tr.className = h.connected ? "connected" : "offline";
@@ -102,13 +111,7 @@ function show(h, now) {
                        : days < 30 ? "cert expiring" : "cert";
   cells.cert.textContent = days == null ? "—"
     : `${h.certificate_expires.slice(0, 10)} (${days < 0 ? "expired" : `${Math.floor(days)} d`})`;
-  const list = document.createElement("ul");
-  for (const p of h.problems || []) {
-    const li = document.createElement("li");
-    li.textContent = p;
-    list.append(li);
-  }
-  cells.problems.replaceChildren(list);
+  cells.problems.replaceChildren(problemList(document.createElement("ul"), h.problems || []));
   for (const button of cells.actions.querySelectorAll("button")) {
     button.disabled = !h.connected;
   }
@@ -130,6 +133,8 @@ async function poll() {
       if (!hosts.has(host)) { tr.remove(); rows.delete(host); }
     }
     data.hosts.forEach(h => show(h, now));
+    // What `bpctunnel check` finds wrong with the server's own files.
+    problemList(document.getElementById("server-problems"), data.server_problems || []);
     status.className = "";
     status.textContent = `${data.hosts.filter(h => h.connected).length} of ` +
       `${data.hosts.length} connected; updated ${new Date(now).toLocaleTimeString()}`;

@@ -13,19 +13,20 @@ from pathlib import Path
 import attrs
 
 from bpctunnel import pki
-from bpctunnel.admin.commands import (
+from bpctunnel.backuppc.paths import (
     RENEW_WITHIN_DAYS,
     RSYNCD_PASSWD_PLACEHOLDER,
     TUNNEL_PING_MAX_MSEC,
     Paths,
     backuppc_setting,
+    backuppc_user,
     host_config_files,
     read_host_config,
 )
 from bpctunnel.backuppc.hosts import find_fingerprints, read_hosts
 from bpctunnel.backuppc.layout import config_layout
 from bpctunnel.errors import BpcTunnelError
-from bpctunnel.admin.permissions import Account, unreadable_reason
+from bpctunnel.backuppc.permissions import Account, unreadable_reason
 
 #: BackupPC's own default for $Conf{PingMaxMsec}.
 BACKUPPC_PING_MAX_MSEC = 20
@@ -37,6 +38,9 @@ class Problem:
 
     host: str
     message: str
+    #: What it is about, where a reader needs to tell: "certificate" (its
+    #: expiry, which the dashboard knows better from a live tunnel), or "".
+    kind: str = ""
 
 
 @attrs.frozen
@@ -52,6 +56,8 @@ class HostReport:
     problems: tuple[Problem, ...]
     #: $Conf{PingMaxMsec} as BackupPC sees it for this host (None: not a number).
     ping_max_msec: float | None = None
+    #: When the certificate last issued to the host expires, ISO 8601 (None: unknown).
+    not_after: str | None = None
 
 
 def _secret_problems(host: str, path: Path, config) -> list[Problem]:
@@ -87,15 +93,18 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _cert_expiry(paths: Paths, host: str, fingerprints) -> tuple[str, float | None]:
+def _cert_expiry(paths: Paths, host: str, fingerprints) -> tuple[str, float | None, str | None]:
+    """(expiry date or "unknown", days left, expiry in ISO 8601) of the host's issued certificate."""
     path = paths.issued_cert(host)
     try:
         cert = pki.load_cert(path)
     except BpcTunnelError:
-        return "unknown", None
+        return "unknown", None, None
     if pki.fingerprint_sha256(cert) not in fingerprints:
-        return "unknown", None
-    return pki.not_after(cert).strftime("%Y-%m-%d"), pki.days_left(cert)
+        return "unknown", None, None
+    expires = pki.not_after(cert)
+    return (expires.strftime("%Y-%m-%d"), pki.days_left(cert),
+            expires.isoformat(timespec="seconds"))
 
 
 def _number(value) -> float | None:
@@ -103,6 +112,15 @@ def _number(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def readers(paths: Paths, server_user: str | None = None) -> list[Account]:
+    """
+    The accounts that must read BackupPC's and the server's files: BackupPC's
+    user and the server's (C{server_user}, by default BackupPC's too).
+    """
+    names = dict.fromkeys([backuppc_user(paths), server_user or backuppc_user(paths)])
+    return [account for account in map(Account.named, names) if account is not None]
 
 
 def _unreadable(path, readers, what: str, like) -> list[str]:
@@ -197,11 +215,11 @@ def inspect_hosts(paths: Paths, readers=()) -> list[HostReport]:
             problems.append(Problem(host, f"{path.name} has no TunnelCert:sha256:... in "
                                           f"$Conf{{ClientComment}}: every client is refused "
                                           f"(run `bpctunnel register-client {host}`)"))
-        expires, days = _cert_expiry(paths, host, fingerprints)
+        expires, days, not_after = _cert_expiry(paths, host, fingerprints)
         if days is not None and days < RENEW_WITHIN_DAYS:
             when = "expired" if days < 0 else f"expires in {int(days)} days"
             problems.append(Problem(host, f"the certificate of {host} {when} ({expires}); run "
-                                          f"`bpctunnel renew {host}`"))
+                                          f"`bpctunnel renew {host}`", kind="certificate"))
         problems += _secret_problems(host, path, config)
         for copy in layout.ignored_copies(host):
             problems.append(Problem(host, f"{copy} is a config of {host} that BackupPC never "
@@ -227,7 +245,7 @@ def inspect_hosts(paths: Paths, readers=()) -> list[HostReport]:
                                           f"{path.name}"))
         shares = tuple(s for s in _as_list(config.get("RsyncShareName")) if isinstance(s, str))
         reports.append(HostReport(host, path, str(port), tuple(sorted(fingerprints)), expires,
-                                  shares, tuple(problems), ping_max))
+                                  shares, tuple(problems), ping_max, not_after))
 
     for port, owners in port_owner.items():
         if len(owners) > 1:
