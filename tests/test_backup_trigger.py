@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
+from bpctunnel.backuppc import server_mesg
 from bpctunnel.backuppc.server_mesg import (
     BackupReply, BackupRequest, BackupTrigger, HostStatus, parse_status_reply,
 )
@@ -69,6 +70,40 @@ class BackupRequestTests(TunnelTestCase):
         self.assertIn("cannot run /nonexistent/BackupPC_serverMesg", reply.text)
         line = yield self.logs.wait_for("cannot ask BackupPC to back up laptop1")
         self.assertIn("/nonexistent/BackupPC_serverMesg", line)
+
+
+class HungServerMesgTests(TunnelTestCase):
+    """A BackupPC_serverMesg that never ends is killed, and the request fails saying so."""
+
+    def hanging(self, ignore_term: bool):
+        folder = temp_dir(self)
+        script, pid = folder / "BackupPC_serverMesg", folder / "pid"
+        trap = "trap '' TERM\n" if ignore_term else ""
+        # $$: the shell that hangs.
+        script.write_text(f"#!/bin/sh\n{trap}echo $$ > {pid}\nwhile :; do read x; done\n")
+        os.chmod(script, 0o755)
+        return script, pid
+
+    @inlineCallbacks
+    def test_backup_request_killed(self):
+        script, pid = self.hanging(ignore_term=False)
+        trigger = BackupTrigger(reactor, BackupRequest((str(script),)), timeout=0.5)
+        reply = yield trigger.request_backup("laptop1").addTimeout(TIMEOUT, reactor)
+        self.assertEqual(reply, BackupReply(
+            False, f"{script} did not end within 0.5 seconds and was killed"))
+        yield self.logs.wait_for("asking BackupPC to back up laptop1 failed: ")
+        self.assertFalse(os.path.exists(f"/proc/{pid.read_text().strip()}/cmdline"))
+
+    @inlineCallbacks
+    def test_status_killed_when_it_ignores_term(self):
+        script, pid = self.hanging(ignore_term=True)
+        self.patch(server_mesg, "KILL_AFTER", 0.2)
+        trigger = BackupTrigger(reactor, BackupRequest((str(script),)), timeout=0.2)
+        status = yield trigger.host_status("laptop1").addTimeout(TIMEOUT, reactor)
+        self.assertIsNone(status)
+        line = yield self.logs.wait_for("BackupPC gave no status for laptop1: ")
+        self.assertIn("did not end within 0.2 seconds and was killed", line)
+        self.assertFalse(os.path.exists(f"/proc/{pid.read_text().strip()}/cmdline"))
 
 
 class BackupDoneTests(TunnelTestCase):

@@ -20,6 +20,7 @@ import shlex
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -68,6 +69,11 @@ BACKUP_FAILED = "Reason_backup_failed"
 #: The most of C{BackupPC_serverMesg}'s output we keep (the daemon's status
 #: of one host is a few hundred bytes).
 MAX_REPLY = 64 * 1024
+#: Seconds BackupPC_serverMesg may take before it is killed (it answers in
+#: well under one when BackupPC's daemon is up).
+SERVER_MESG_TIMEOUT = 60.0
+#: Seconds from its SIGTERM to its SIGKILL.
+KILL_AFTER = 5.0
 
 
 @attrs.frozen
@@ -181,26 +187,69 @@ def _field(item, fields: dict) -> None:
 
 
 class _Collect(ProcessProtocol):
-    def __init__(self):
+    """A command's output (at most L{MAX_REPLY} bytes) and exit code; killed after C{timeout}."""
+
+    def __init__(self, clock, timeout: float):
         self.output = b""
         self.done = Deferred()
+        self.timed_out = False
+        self._clock = clock
+        self._timer = clock.callLater(timeout, self._stop, "TERM")
+
+    def _stop(self, signal: str):
+        # TERM first: sudo passes it on to the command it runs; KILL if
+        # that did not end it.
+        self.timed_out = True
+        try:
+            self.transport.signalProcess(signal)
+        except ProcessExitedAlready:
+            return
+        if signal == "TERM":
+            self._timer = self._clock.callLater(KILL_AFTER, self._stop, "KILL")
+
+    def abandon(self):
+        """The command could not start: no timer."""
+        self._timer.cancel()
 
     def childDataReceived(self, fd, data):
         if len(self.output) < MAX_REPLY:
             self.output += data[:MAX_REPLY - len(self.output)]
 
     def processEnded(self, reason):
+        if self._timer.active():
+            self._timer.cancel()
         self.done.callback((getattr(reason.value, "exitCode", None), self.output))
 
 
 class BackupTrigger:
-    """Runs a L{BackupRequest} for each tunnel that comes up."""
+    """
+    Runs a L{BackupRequest} for each tunnel that comes up, and BackupPC's
+    other commands for the server; each is killed if it has not ended
+    after C{timeout} seconds (a BackupPC daemon that hangs must not hold a
+    host's requests, which wait for the one before, for ever).
+    """
 
     log = Logger()
 
-    def __init__(self, reactor, request: BackupRequest):
+    def __init__(self, reactor, request: BackupRequest, timeout: float = SERVER_MESG_TIMEOUT):
         self.reactor = reactor
         self.request = request
+        self.timeout = timeout
+
+    def _run(self, argv: list[str]) -> tuple[_Collect, None] | tuple[None, OSError]:
+        """Start C{argv}: (its protocol, None), or (None, why it could not start)."""
+        protocol = _Collect(self.reactor, self.timeout)
+        try:
+            self.reactor.spawnProcess(protocol, argv[0], argv, env={"PATH": "/usr/bin:/bin"})
+        except OSError as e:
+            protocol.abandon()
+            return None, e
+        return protocol, None
+
+    def _timed_out(self, protocol: _Collect, argv: list[str]) -> str | None:
+        if not protocol.timed_out:
+            return None
+        return f"{argv[0]} did not end within {self.timeout:g} seconds and was killed"
 
     def __call__(self, event: str, tunnel) -> None:
         """A server factory observer."""
@@ -213,10 +262,8 @@ class BackupTrigger:
         the request's); fires with a L{BackupReply}, which is also logged.
         """
         argv = self.request.argv(host, backup_type)
-        protocol = _Collect()
-        try:
-            self.reactor.spawnProcess(protocol, argv[0], argv, env={"PATH": "/usr/bin:/bin"})
-        except OSError as e:
+        protocol, e = self._run(argv)
+        if e is not None:
             self.log.error("cannot ask BackupPC to back up {client_name}: {command}: {error}",
                            client_name=host, command=argv[0], error=e)
             return succeed(BackupReply(False, f"the server cannot run {argv[0]}: {e.strerror}"))
@@ -224,6 +271,11 @@ class BackupTrigger:
         def ended(result):
             code, output = result
             reply = output.decode("utf-8", "replace").strip() or "(no reply)"
+            late = self._timed_out(protocol, argv)
+            if late is not None:
+                self.log.error("asking BackupPC to back up {client_name} failed: {reason}",
+                               client_name=host, reason=late)
+                return BackupReply(False, late)
             # BackupPC_serverMesg exits 0 whenever it reached the daemon, and
             # prints the daemon's answer after "Got reply: ": "ok: ...",
             # "warning: ... already queued" or "error: ..." (unknown host,
@@ -246,16 +298,19 @@ class BackupTrigger:
         L{HostStatus}, or C{None} if there is none to be had (logged).
         """
         argv = self.request.status_argv(host)
-        protocol = _Collect()
-        try:
-            self.reactor.spawnProcess(protocol, argv[0], argv, env={"PATH": "/usr/bin:/bin"})
-        except OSError as e:
+        protocol, e = self._run(argv)
+        if e is not None:
             self.log.error("cannot ask BackupPC for the status of {client_name}: {command}: "
                            "{error}", client_name=host, command=argv[0], error=e)
             return succeed(None)
 
         def ended(result):
             code, output = result
+            late = self._timed_out(protocol, argv)
+            if late is not None:
+                self.log.warn("BackupPC gave no status for {client_name}: {reason}",
+                              client_name=host, reason=late)
+                return None
             status = parse_status_reply(output.decode("utf-8", "replace"))
             if status is None:
                 self.log.warn("BackupPC gave no status for {client_name} (exit {code}): {reply}",
