@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+from unittest import mock
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
@@ -93,6 +95,24 @@ class HungServerMesgTests(TunnelTestCase):
             False, f"{script} did not end within 0.5 seconds and was killed"))
         yield self.logs.wait_for("asking BackupPC to back up laptop1 failed: ")
         self.assertFalse(os.path.exists(f"/proc/{pid.read_text().strip()}/cmdline"))
+
+    @inlineCallbacks
+    def test_on_connect_once_per_host_at_a_time(self):
+        """A laptop that reconnects while its request hangs does not start another."""
+        script, pid = self.hanging(ignore_term=False)
+        trigger = BackupTrigger(reactor, BackupRequest((str(script),)), timeout=0.5)
+        laptop = mock.Mock(host="laptop1")
+        for _ in range(5):
+            trigger("open", laptop)
+        trigger("open", mock.Mock(host="laptop2"))
+        self.assertEqual(sorted(trigger._on_connect), ["laptop1", "laptop2"])
+        yield self.logs.wait_for("asking BackupPC to back up laptop1 failed: ")
+        yield self.logs.wait_for("asking BackupPC to back up laptop2 failed: ")
+        self.assertEqual(len([line for line in self.logs.lines
+                              if "asking BackupPC to back up laptop1" in line]), 1)
+        # Once the request has ended (on the next turn), the host may ask again.
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(trigger._on_connect, set())
 
     @inlineCallbacks
     def test_status_killed_when_it_ignores_term(self):

@@ -235,6 +235,8 @@ class BackupTrigger:
         self.reactor = reactor
         self.request = request
         self.timeout = timeout
+        #: Hosts whose on-connect request is still being asked.
+        self._on_connect: set[str] = set()
 
     def _run(self, argv: list[str]) -> tuple[_Collect, None] | tuple[None, OSError]:
         """Start C{argv}: (its protocol, None), or (None, why it could not start)."""
@@ -252,9 +254,14 @@ class BackupTrigger:
         return f"{argv[0]} did not end within {self.timeout:g} seconds and was killed"
 
     def __call__(self, event: str, tunnel) -> None:
-        """A server factory observer."""
-        if event == "open":
-            self.request_backup(tunnel.host)
+        """
+        A server factory observer (C{--backup-on-connect}): one request per
+        host at a time, however often its laptop reconnects meanwhile.
+        """
+        if event == "open" and tunnel.host not in self._on_connect:
+            self._on_connect.add(tunnel.host)
+            self.request_backup(tunnel.host).addBoth(
+                lambda _: self._on_connect.discard(tunnel.host))
 
     def request_backup(self, host: str, backup_type: str | None = None) -> Deferred:
         """
