@@ -24,6 +24,20 @@ from tests.test_end_to_end import TunnelTestCase
 TOKEN = "dashboard-browser-test-token"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+#: A sparkline point's y (dashboard.js, 18 px high): a minute with no bytes
+#: sits on the floor, the busiest minute of the hour at the top.
+FLOOR, TOP = 17.0, 1.0
+#: Each host's sparkline: the y of each of its points, read in one script
+#: (the table is re-rendered every poll, so an element found first could be
+#: gone by the time it is read).
+SPARKLINES = """
+const lines = {};
+for (const tr of document.querySelectorAll("#hosts tbody tr")) {
+  const line = tr.querySelector("td.throughput polyline");
+  lines[tr.dataset.host] = line ? line.getAttribute("points") : null;
+}
+return lines;
+"""
 
 
 def start_chromium(profile: str):
@@ -75,6 +89,11 @@ class Page:
             [table[host]["cert_class"]] = [name for name in cells if name.startswith("cert")]
         return table
 
+    def sparklines(self) -> dict:
+        """Per host: the y of each point of its sparkline, oldest minute first."""
+        return {host: [float(point.split(",")[1]) for point in points.split()]
+                for host, points in self.driver.execute_script(SPARKLINES).items()}
+
     def open(self, url: str) -> dict:
         self.driver.get(url)
         self.wait(lambda: "2 of 3 connected" in
@@ -98,7 +117,9 @@ class DashboardBrowserTests(TunnelTestCase):
         _, port1, _ = yield self.connected_client("laptop1", {"m": source})
         yield self.connected_client("laptop2", {"m": source},
                                     files=self.sandbox.issue_client("laptop2", days=10))
-        self.sandbox.register("laptop3", free_port(), "00" * 32)  # registered, never connected
+        # Registered, never connected; its rsync secret readable by every local
+        # user, which `bpctunnel check` reports.
+        self.sandbox.register("laptop3", free_port(), "00" * 32).chmod(0o644)
 
         rows = yield deferToThread(page.open, f"{self.server.api_url}/dashboard/?token={TOKEN}")
         self.assertEqual(sorted(rows), ["laptop1", "laptop2", "laptop3"])
@@ -111,12 +132,22 @@ class DashboardBrowserTests(TunnelTestCase):
         self.assertEqual((rows["laptop3"]["row"], rows["laptop3"]["state"]),
                          ("offline", "never seen"))
         self.assertIn("never seen by this server", rows["laptop3"]["problems"])
+        # The check of the files runs in a thread: its findings come with a later poll.
+        yield deferToThread(page.wait, lambda: "holds laptop3's rsync secret and every local "
+                            "user can read it" in page.cell("laptop3", "problems").text,
+                            "check's problem for laptop3")
         # Within 30 days: highlighted.
         self.assertEqual((rows["laptop1"]["cert_class"], rows["laptop2"]["cert_class"]),
                          ("cert", "cert expiring"))
         self.assertRegex(rows["laptop1"]["cert"], r"^\d{4}-\d\d-\d\d \(82[45] d\)$")
         self.assertRegex(rows["laptop2"]["cert"], r"^\d{4}-\d\d-\d\d \((9|10) d\)$")
         self.assertIn("its certificate expires in", rows["laptop2"]["problems"])
+        # No bytes through any tunnel yet: every sparkline (the last hour, a point a minute)
+        # is flat on the floor.
+        lines = yield deferToThread(page.sparklines)
+        self.assertEqual(sorted(lines), ["laptop1", "laptop2", "laptop3"])
+        for host, ys in lines.items():
+            self.assertEqual((len(ys), set(ys)), (60, {FLOOR}), host)
 
         # A transfer through laptop1's tunnel moves its figure, without a reload.
         pulled = self.pull_and_compare(port1, "m", source)
@@ -126,6 +157,14 @@ class DashboardBrowserTests(TunnelTestCase):
         yield moving.addTimeout(TIMEOUT, reactor)
         figure = yield deferToThread(lambda: page.cell("laptop1", "throughput").text)
         self.assertRegex(figure, r"^\d+(\.\d)? (B|KiB|MiB|GiB)/s$")
+        # ... and its sparkline rises (the history samples the tunnels' byte counts every
+        # SAMPLE_INTERVAL; the page polls the API): the pull's minute at the top.
+        rising = deferToThread(page.wait, lambda: len(set(page.sparklines()["laptop1"])) > 1,
+                               "laptop1's sparkline rise")
+        yield rising.addTimeout(TIMEOUT, reactor)
+        lines = yield deferToThread(page.sparklines)
+        self.assertEqual((min(lines["laptop1"]), max(lines["laptop1"])), (TOP, FLOOR))
+        self.assertEqual(set(lines["laptop2"]), {FLOOR})
         still = yield deferToThread(driver.execute_script, "return window.notReloaded;")
         self.assertIs(still, True)
         screenshot = self.root / "dashboard.png"

@@ -13,15 +13,20 @@ from unittest import mock
 
 import attrs
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from bpctunnel.admin.api_client import format_hosts, human_age
 from bpctunnel.server import history
 from bpctunnel.server.api import make_api_site
 from bpctunnel.server.protocol import TunnelServerFactory
 from bpctunnel.server.server_state import ServerState
+from bpctunnel.server.service import RestartNoticeService
 from bpctunnel.server.settings import ServerSettings
 from bpctunnel.testing.sandbox import HOSTS_HEADER, host_config_text
 from tests.helpers import temp_dir
@@ -192,6 +197,209 @@ class AtomicWriteTests(HistoryTestCase):
         state.history.save()
         self.assertEqual(sorted(self.server_state().history.records), ["laptop1", "laptop2"])
         self.assertEqual(os.listdir(folder), ["state.json"])
+
+
+class HeldThread:
+    """
+    A C{run_in_thread} that only records each call: the test runs it later,
+    with L{finish}, as a thread would while the reactor goes on.
+    """
+
+    def __init__(self):
+        #: C{(f, args, Deferred)} of the calls not run yet, oldest first.
+        self.calls: list[tuple] = []
+
+    def __call__(self, f, *args) -> Deferred:
+        d = Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def finish(self) -> None:
+        """Run the oldest call, firing its Deferred with its result or its exception."""
+        f, args, d = self.calls.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+
+@implementer(IReactorThreads)
+class ThreadedClock(Clock):
+    """A Clock that is also an C{IReactorThreads}, whose pool only records calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = self
+        #: C{(on_result, f, args)} handed to the pool.
+        self.queued: list[tuple] = []
+
+    def getThreadPool(self):
+        return self.pool
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.queued.append((on_result, f, args))
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def callInThread(self, f, *args, **kwargs):
+        raise AssertionError("the history uses the pool's callInThreadWithCallback")
+
+    def suggestThreadPoolSize(self, size):
+        pass
+
+
+class ThreadedWriteTests(HistoryTestCase):
+    """The file's writes (fsync, rename) run off the reactor thread, one at a time."""
+
+    def setUp(self):
+        super().setUp()
+        (self.root / "state").mkdir()
+        self.path = self.root / "state" / "state.json"
+        self.thread = HeldThread()
+        self.history = history.HostHistory(self.clock, history.StateFile(self.path),
+                                           run_in_thread=self.thread)
+
+    def on_disk(self) -> list[str]:
+        return sorted(json.loads(self.path.read_text())["hosts"])
+
+    def test_write_runs_later_in_the_thread(self):
+        """save() takes the records' bytes and returns; the disk is touched only by the thread."""
+        self.history.backup_done("laptop1", True)
+        saved = self.history.save()
+        [(f, (data,), _)] = self.thread.calls
+        self.assertEqual(f, self.history.state_file.write)
+        self.assertEqual(sorted(json.loads(data)["hosts"]), ["laptop1"])
+        self.assertFalse(self.path.exists())
+        self.assertFalse(self.history.dirty)
+        self.assertNoResult(saved)
+        self.thread.finish()
+        self.assertIsNone(self.successResultOf(saved))
+        self.assertEqual(self.on_disk(), ["laptop1"])
+
+    def test_default_is_the_reactors_thread_pool(self):
+        """Given a reactor (an IReactorThreads), the write goes to its thread pool."""
+        reactor = ThreadedClock()
+        reactor.advance(START)
+        kept = history.HostHistory(reactor, history.StateFile(self.path))
+        kept.backup_done("laptop1", True)
+        saved = kept.save()
+        [(on_result, f, (data,))] = reactor.queued
+        self.assertEqual(f, kept.state_file.write)
+        self.assertFalse(self.path.exists())
+        self.assertNoResult(saved)
+        on_result(True, f(data))
+        self.successResultOf(saved)
+        self.assertEqual(self.on_disk(), ["laptop1"])
+
+    def test_change_during_a_write_is_written_after_it(self):
+        """
+        A change made while a write is under way is in the next write; a save
+        asked for meanwhile waits for the first write rather than race it.
+        """
+        self.history.start()
+        self.addCleanup(self.history.stop)
+        self.history.backup_done("laptop1", True)
+        self.clock.advance(history.SAVE_INTERVAL)      # the periodic save
+        self.assertEqual(len(self.thread.calls), 1)
+        self.history.backup_done("laptop2", True)      # the write has its snapshot already
+        self.assertTrue(self.history.dirty)
+        second = self.history.save()
+        self.assertEqual(len(self.thread.calls), 1)    # never two writers at once
+        self.thread.finish()
+        self.assertEqual(self.on_disk(), ["laptop1"])
+        [(_, (data,), _)] = self.thread.calls          # the second write, at once
+        self.assertEqual(sorted(json.loads(data)["hosts"]), ["laptop1", "laptop2"])
+        self.assertNoResult(second)
+        self.thread.finish()
+        self.successResultOf(second)
+        self.assertEqual(self.on_disk(), ["laptop1", "laptop2"])
+        self.assertFalse(self.history.dirty)
+
+    def test_change_during_a_write_is_saved_by_the_next_interval(self):
+        self.history.start()
+        self.addCleanup(self.history.stop)
+        self.history.backup_done("laptop1", True)
+        self.clock.advance(history.SAVE_INTERVAL)
+        self.history.round_trip("laptop2", 0.01)
+        self.thread.finish()
+        self.assertEqual((self.on_disk(), self.thread.calls), (["laptop1"], []))
+        self.clock.advance(history.SAVE_INTERVAL)
+        self.thread.finish()
+        self.assertEqual(self.on_disk(), ["laptop1", "laptop2"])
+
+    def test_stop_waits_for_the_write(self):
+        """stop() samples the tunnels once more and fires once that is on disk."""
+        self.history.start()
+        tunnel = FakeTunnel("laptop1", connected_at=self.clock.seconds())
+        self.history.tunnel_event("open", tunnel)
+        tunnel.mux.bytes_in = 1234
+        stopped = self.history.stop()
+        self.assertNoResult(stopped)
+        self.thread.finish()
+        self.successResultOf(stopped)
+        self.assertEqual(json.loads(self.path.read_text())["hosts"]["laptop1"]["bytes_by_day"],
+                         {"2024-05-01": 1234})
+
+    def test_stop_during_a_write_waits_for_both(self):
+        self.history.start()
+        self.history.backup_done("laptop1", True)
+        self.clock.advance(history.SAVE_INTERVAL)
+        self.history.backup_done("laptop2", True)
+        stopped = self.history.stop()
+        self.thread.finish()
+        self.assertNoResult(stopped)
+        self.thread.finish()
+        self.successResultOf(stopped)
+        self.assertEqual(self.on_disk(), ["laptop1", "laptop2"])
+
+    def test_server_stop_waits_for_the_write(self):
+        """The server's stop (twistd's) ends only once the history is on disk."""
+        state = self.server_state()
+        state.history = self.history
+        self.history.backup_done("laptop1", True)
+        stopped = RestartNoticeService(state).stopService()
+        self.assertNoResult(stopped)
+        self.thread.finish()
+        self.successResultOf(stopped)
+        self.assertEqual(self.on_disk(), ["laptop1"])
+
+    def test_failed_write_logged_and_retried(self):
+        """A failed write is logged, not raised; the records stay dirty for the next save."""
+        self.history.start()
+        self.addCleanup(self.history.stop)
+        self.history.backup_done("laptop1", True)
+        saved = self.history.save()
+        with mock.patch.object(history.os, "fsync", side_effect=OSError(28, "No space left")), \
+                capturedLogs() as events:
+            self.thread.finish()
+        self.assertIsNone(self.successResultOf(saved))
+        [event] = events
+        self.assertEqual((event["log_format"].split(":")[0], event["path"], event["error"]),
+                         ("cannot write the state file {path}", str(self.path), "No space left"))
+        self.assertTrue(self.history.dirty)
+        self.assertEqual(os.listdir(self.path.parent), [])
+        self.clock.advance(history.SAMPLE_INTERVAL)    # not at once: within SAVE_INTERVAL
+        self.assertEqual(self.thread.calls, [])
+        self.clock.advance(history.SAVE_INTERVAL)
+        self.thread.finish()
+        self.assertEqual(self.on_disk(), ["laptop1"])
+        self.assertFalse(self.history.dirty)
+
+    def test_unexpected_error_logged_with_traceback(self):
+        self.history.backup_done("laptop1", True)
+        saved = self.history.save()
+        with mock.patch.object(history.os, "replace", side_effect=ValueError("odd")), \
+                capturedLogs() as events:
+            self.thread.finish()
+        self.successResultOf(saved)
+        [event] = events
+        self.assertEqual(event["path"], str(self.path))
+        self.assertTrue(event["log_failure"].check(ValueError))
+        self.assertTrue(self.history.dirty)
+        self.flushLoggedErrors(ValueError)
 
 
 class BoundsTests(HistoryTestCase):

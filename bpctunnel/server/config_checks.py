@@ -18,13 +18,12 @@ import pwd
 from typing import Callable, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from bpctunnel.backuppc.checks import HostReport, inspect_hosts, inspect_server, readers
 from bpctunnel.backuppc.paths import Paths
+from bpctunnel.server.threads import in_thread
 
 #: Seconds the findings of one check are shown before the next is started.
 CHECK_MAX_AGE = 30.0
@@ -40,16 +39,6 @@ class Findings:
     server: tuple[str, ...] = ()
     #: When the check started (None: no check has finished yet).
     at: float | None = None
-
-
-def in_thread(reactor) -> Callable[..., Deferred]:
-    """
-    C{run(f, *args)}: C{f(*args)} in C{reactor}'s thread pool, or at once
-    (as a Deferred) if C{reactor} has none (a C{Clock} in tests).
-    """
-    if IReactorThreads.providedBy(reactor):
-        return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-    return maybeDeferred
 
 
 def server_user() -> str | None:

@@ -11,7 +11,9 @@ L{StateFile} keeps them in one small JSON file, written atomically (a
 temporary file, fsync, rename) at most every L{SAVE_INTERVAL} seconds and
 when the server stops; a file that cannot be read back is set aside and the
 server starts with no history: a lost history is never worth a server that
-does not start.
+does not start.  The records are turned into bytes on the reactor thread (a
+snapshot) and written to disk in a thread, one write at a time: an fsync can
+take seconds on a busy disk, and the reactor carries every tunnel meanwhile.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import os
 import time
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import attrs
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from bpctunnel.server.threads import in_thread
 
 #: The most hosts remembered; beyond it, the one heard from longest ago goes.
 MAX_HOSTS = 10_000
@@ -226,15 +232,23 @@ class StateFile:
                        "starting with no history", path=str(self.path), error=str(error),
                        aside=str(aside))
 
-    def save(self, records: dict[str, HostRecord], now: float) -> None:
-        """
-        Replace the file with C{records}: written to a temporary file in the
-        same folder, flushed to disk, then renamed over the old one, so a
-        crash leaves the old file or the new one, never half of one.
-        """
+    @staticmethod
+    def serialize(records: dict[str, HostRecord], now: float) -> bytes:
+        """The file's bytes for C{records}, saved at C{now} (no disk: a snapshot to L{write})."""
         body = {"version": VERSION, "saved_at": now,
                 "hosts": {host: record.to_json() for host, record in records.items()}}
-        data = json.dumps(body, separators=(",", ":")).encode()
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def write(self, data: bytes) -> None:
+        """
+        Replace the file with C{data} (from L{serialize}): written to a
+        temporary file in the same folder, flushed to disk, then renamed over
+        the old one, so a crash leaves the old file or the new one, never
+        half of one.  Blocking: run it in a thread, one call at a time (the
+        temporary file is one).
+
+        @raise OSError: the write failed; the old file is left as it was.
+        """
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
@@ -267,6 +281,10 @@ class HostHistory:
 
     @param clock: an C{IReactorTime}; its C{seconds()} are wall-clock times.
     @param state_file: where the records last (None: in memory only).
+    @param run_in_thread: C{(f, *args) -> Deferred} running C{f(*args)} off
+        the reactor thread, for the file's writes; by default the reactor's
+        thread pool if C{clock} is an C{IReactorThreads}, else at once (a
+        test's C{Clock}).
 
     The byte counters of the tunnels it was told of (L{tunnel_event}) are
     sampled every L{SAMPLE_INTERVAL} seconds once L{start}ed.
@@ -274,12 +292,23 @@ class HostHistory:
 
     log = Logger()
 
-    def __init__(self, clock, state_file: StateFile | None):
+    def __init__(self, clock, state_file: StateFile | None,
+                 run_in_thread: Callable[..., Deferred] | None = None):
         self.clock = clock
         self.state_file = state_file
         self.records: dict[str, HostRecord] = state_file.load(clock.seconds()) if state_file else {}
+        #: Whether the records changed since the last write took its bytes
+        #: (or that write failed).
         self.dirty = False
         self._saved_at = clock.seconds()
+        self._run_in_thread = run_in_thread or in_thread(clock)
+        #: The write under way, if any: one at a time, or two threads would
+        #: share the temporary file and an older snapshot could land last.
+        self._writing: Deferred | None = None
+        #: A save was asked for during that write: it is done once that ends.
+        self._save_after = False
+        #: Fired once no write is under way (L{save}'s and L{stop}'s answers).
+        self._idle_waiters: list[Deferred] = []
         #: Per live tunnel: C{(time, total bytes)} samples of the last minute or so.
         self._samples: dict[object, deque] = {}
         self._loop = LoopingCall(self.sample)
@@ -370,28 +399,75 @@ class HostHistory:
             self._loop.start(SAMPLE_INTERVAL, now=False).addErrback(
                 lambda f: self.log.failure("sampling the tunnels' traffic stopped", f))
 
-    def stop(self) -> None:
-        """Sample once more and save (the server is stopping)."""
+    def stop(self) -> Deferred:
+        """
+        Sample once more and save (the server is stopping).  Fires once the
+        records are on disk, or their write failed (logged); never fails.
+        """
         if self._loop.running:
             self._loop.stop()
         now = self.clock.seconds()
         for tunnel in list(self._samples):
             self._sample_one(tunnel, now)
-        self.save()
+        return self.save()
 
-    def save(self) -> None:
-        """Write the records now, if they changed; a failure is logged, never raised."""
-        if self.state_file is None or not self.dirty:
-            return
+    def save(self) -> Deferred:
+        """
+        Write the records, if they changed: their bytes are taken now, on
+        this thread, and written to disk in a thread.  During a write, a
+        save waits for it and then writes the records as they are then.
+        Fires once no write is under way (the records as of this call are
+        on disk, or their write failed); a failure is logged, never raised,
+        and the next save tries again.
+        """
+        if self.state_file is None:
+            return succeed(None)
+        if self._writing is not None:
+            self._save_after = True
+        elif self.dirty:
+            self._write()
+        return self._when_idle()
+
+    def _write(self) -> None:
         now = self.clock.seconds()
-        try:
-            self.state_file.save(self.records, now)
-        except OSError as e:
-            self.log.error("cannot write the state file {path}: {error}; will try again",
-                           path=str(self.state_file.path), error=e.strerror or str(e))
-        else:
-            self.dirty = False
+        data = self.state_file.serialize(self.records, now)
+        # Changes from here on are not in this write: they make the
+        # records dirty again, for the next one.
+        self.dirty = False
         self._saved_at = now
+        # Set before the callbacks: a run_in_thread that runs at once has
+        # fired already, and _write_ended clears it.
+        self._writing = written = maybeDeferred(self._run_in_thread, self.state_file.write, data)
+        written.addErrback(self._write_failed).addBoth(self._write_ended)
+
+    def _write_failed(self, failure) -> None:
+        self.dirty = True
+        path = str(self.state_file.path)
+        if failure.check(OSError):
+            error = failure.value
+            self.log.error("cannot write the state file {path}: {error}; will try again",
+                           path=path, error=error.strerror or str(error))
+        else:
+            self.log.failure("cannot write the state file {path}; will try again", failure,
+                             path=path)
+
+    def _write_ended(self, _) -> None:
+        self._writing = None
+        if self._save_after:
+            self._save_after = False
+            if self.dirty:
+                self._write()
+                return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _when_idle(self) -> Deferred:
+        if self._writing is None:
+            return succeed(None)
+        waiter = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
 
 
 def _total(tunnel) -> int:

@@ -113,10 +113,11 @@ class ServerState:
                 lambda f: self.log.failure("the tunnel checks stopped", f))
         self.history.start()
 
-    def stop_checks(self) -> None:
+    def stop_checks(self) -> Deferred:
+        """Stop the checks; fires once the history's last write is on disk."""
         if self._checker.running:
             self._checker.stop()
-        self.history.stop()
+        return self.history.stop()
 
     def check_tunnels(self) -> None:
         """Check every live tunnel (see L{bpctunnel.server.session.TunnelSession.check})."""

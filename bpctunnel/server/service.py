@@ -299,8 +299,9 @@ class RestartNoticeService(Service):
 
         def save(result):
             # Last: the closed tunnels' disconnections are in the history too.
-            self.state.history.stop()
-            return result
+            # The write runs in the reactor's thread pool, which stops only
+            # after the services have: wait until it is on disk.
+            return self.state.history.stop().addCallback(lambda _: result)
 
         return self.state.close_for_stop(self.grace).addBoth(save)
 
