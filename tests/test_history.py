@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from bpctunnel.admin.api_client import format_hosts, human_age
-from bpctunnel.server import history
+from bpctunnel.server import history, state_file
 from bpctunnel.server.api import make_api_site
 from bpctunnel.server.protocol import TunnelServerFactory
 from bpctunnel.server.server_state import ServerState
@@ -115,7 +115,7 @@ class HistoryLastsTests(HistoryTestCase):
         self.assertEqual(again.disconnected_at, START + 65)
         self.assertEqual(again.address, "192.0.2.7:50000")
         self.assertEqual(again.rtt_ms, 42.5)
-        self.assertEqual(again.last_backup, history.BackupResult(False, START + 5, "xferOK=0"))
+        self.assertEqual(again.last_backup, state_file.BackupResult(False, START + 5, "xferOK=0"))
         self.assertEqual(again.bytes_by_day, {"2024-05-01": 3500})
         self.assertEqual(again.certificate_expires, "2024-05-20T00:00:00+00:00")
         self.assertEqual(list(again.minutes), [[int(START), 3000], [int(START) + 60, 500]])
@@ -187,7 +187,7 @@ class AtomicWriteTests(HistoryTestCase):
         folder = self.root / "state"
         before = (folder / "state.json").read_bytes()
         state.history.backup_done("laptop2", False)
-        with mock.patch.object(history.os, "fsync", side_effect=OSError(28, "No space left")), \
+        with mock.patch.object(state_file.os, "fsync", side_effect=OSError(28, "No space left")), \
                 capturedLogs() as events:
             state.history.save()
         self.assertEqual(os.listdir(folder), ["state.json"])
@@ -259,7 +259,7 @@ class ThreadedWriteTests(HistoryTestCase):
         (self.root / "state").mkdir()
         self.path = self.root / "state" / "state.json"
         self.thread = HeldThread()
-        self.history = history.HostHistory(self.clock, history.StateFile(self.path),
+        self.history = history.HostHistory(self.clock, state_file.StateFile(self.path),
                                            run_in_thread=self.thread)
 
     def on_disk(self) -> list[str]:
@@ -283,7 +283,7 @@ class ThreadedWriteTests(HistoryTestCase):
         """Given a reactor (an IReactorThreads), the write goes to its thread pool."""
         reactor = ThreadedClock()
         reactor.advance(START)
-        kept = history.HostHistory(reactor, history.StateFile(self.path))
+        kept = history.HostHistory(reactor, state_file.StateFile(self.path))
         kept.backup_done("laptop1", True)
         saved = kept.save()
         [(on_result, f, (data,))] = reactor.queued
@@ -372,7 +372,7 @@ class ThreadedWriteTests(HistoryTestCase):
         self.addCleanup(self.history.stop)
         self.history.backup_done("laptop1", True)
         saved = self.history.save()
-        with mock.patch.object(history.os, "fsync", side_effect=OSError(28, "No space left")), \
+        with mock.patch.object(state_file.os, "fsync", side_effect=OSError(28, "No space left")), \
                 capturedLogs() as events:
             self.thread.finish()
         self.assertIsNone(self.successResultOf(saved))
@@ -391,7 +391,7 @@ class ThreadedWriteTests(HistoryTestCase):
     def test_unexpected_error_logged_with_traceback(self):
         self.history.backup_done("laptop1", True)
         saved = self.history.save()
-        with mock.patch.object(history.os, "replace", side_effect=ValueError("odd")), \
+        with mock.patch.object(state_file.os, "replace", side_effect=ValueError("odd")), \
                 capturedLogs() as events:
             self.thread.finish()
         self.successResultOf(saved)
@@ -415,14 +415,14 @@ class BoundsTests(HistoryTestCase):
         self.assertEqual(sorted(state.history.records), ["host2", "host4", "host5"])
 
     def test_days_and_minutes_capped(self):
-        record = history.HostRecord()
+        record = state_file.HostRecord()
         for day in range(20):
             for minute in range(70):
                 record.add_bytes(START + day * 86400 + minute * 60, 10)
-        self.assertEqual(len(record.bytes_by_day), history.MAX_DAYS)
+        self.assertEqual(len(record.bytes_by_day), state_file.MAX_DAYS)
         self.assertEqual(min(record.bytes_by_day), "2024-05-07")
         self.assertEqual(record.bytes_by_day["2024-05-20"], 700)
-        self.assertEqual(len(record.minutes), history.MAX_MINUTES)
+        self.assertEqual(len(record.minutes), state_file.MAX_MINUTES)
 
     def test_backup_of_unknown_host_not_kept(self):
         """backup-done for a name that is neither BackupPC's tunnel host nor seen is not kept."""
@@ -438,7 +438,7 @@ class BoundsTests(HistoryTestCase):
             state.history.round_trip("laptop1", 0.01)
         state.history.save()
         self.assertEqual(len(state.history.records["laptop1"].last_backup.detail),
-                         history.MAX_DETAIL)
+                         state_file.MAX_DETAIL)
         self.assertLess((self.root / "state" / "state.json").stat().st_size, 2000)
 
 

@@ -15,7 +15,7 @@ import datetime
 
 from bpctunnel.backuppc.checks import HostReport, live_problems
 from bpctunnel.server.config_checks import Findings
-from bpctunnel.server.history import iso
+from bpctunnel.server.state_file import iso
 
 #: Seconds the list of BackupPC's tunnel hosts is reused between polls.
 KNOWN_HOSTS_MAX_AGE = 5.0

@@ -29,10 +29,11 @@ from bpctunnel.server.authorization import HostAuthorization
 from bpctunnel.server.config_checks import ConfigChecks
 from bpctunnel.server.backup_requests import BackupDesk
 from bpctunnel.server.handshake_refusals import HandshakeRefusals
-from bpctunnel.server.history import STATE_FILE, HostHistory, StateFile
+from bpctunnel.server.history import HostHistory
 from bpctunnel.server.hosts_view import HostsView
 from bpctunnel.server.metrics import ServerMetrics
 from bpctunnel.server.settings import ServerSettings
+from bpctunnel.server.state_file import STATE_FILE, StateFile
 from bpctunnel.server.backuppc_port import LocalUsers
 from bpctunnel.server.tunnels import TunnelRegistry
 from bpctunnel.wire.violations import ViolationCounter
