@@ -8,7 +8,10 @@ its paths moved into the test's folder, serving BackupPC's C{index.cgi} (the
 isolated copy of L{tests.bpc_fixture}) and proxying to a real server's API
 socket (L{bpctunnel.server.service.ApiSocketEndpoint}: mode 660, in a group).
 As root (CI) Apache's children run as www-data in that group, as
-C{adduser www-data backuppc} makes them.  Without apache2 the test fails: CI
+C{adduser www-data backuppc} makes them, and the server trusts Apache's
+X-BackupPC-User from that user (C{--web-proxy-user}).  Two BackupPC web
+users sign in: backuppc, an admin in Debian's C{$Conf{CgiAdminUsers}}, and
+alice, the C{user} of one host only.  Without apache2 the test fails: CI
 installs it (tests/debian-packages.txt).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import grp
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -33,6 +37,7 @@ from twisted.python.filepath import FilePath
 from bpctunnel.admin.commands import DEFAULT_WEB_LINK, Paths, web_link
 from bpctunnel.server.api import make_api_site
 from bpctunnel.server.service import ApiSocketEndpoint
+from bpctunnel.server.web_users import WebUsers, web_proxy_uid
 from bpctunnel.testing.sandbox import free_port
 from tests.bpc_fixture import IsolatedBackupPC
 from tests.helpers import TIMEOUT
@@ -44,6 +49,9 @@ MODULES = Path("/usr/lib/apache2/modules")
 BACKUPPC_APACHE_CONF = Path("/etc/backuppc/apache.conf")
 EXAMPLE = Path(__file__).parent.parent / "etc" / "apache-bpctunnel.conf"
 USER, PASSWORD = "backuppc", "apache-test-password"
+#: A BackupPC web user who is no admin: the user of one host.
+OTHER_USER, OTHER_PASSWORD = "alice", "alice-test-password"
+PASSWORDS = {USER: PASSWORD, OTHER_USER: OTHER_PASSWORD}
 
 #: The modules the two configs need, and a minimal server around them.
 SERVER_CONF = """\
@@ -164,13 +172,15 @@ class ApacheDashboardTests(TunnelTestCase):
         for folder in (self.bpc.log_dir, self.bpc.run_dir, self.bpc.top_dir):
             os.chmod(folder, 0o777)
         htpasswd = web / "htpasswd"
-        htpasswd.write_text(htpasswd_line(USER, PASSWORD))
+        htpasswd.write_text("".join(htpasswd_line(u, p) for u, p in PASSWORDS.items()))
 
-        # The server's API on its Unix socket, mode 660 in the group.
+        # The server's API on its Unix socket, mode 660 in the group; it
+        # trusts X-BackupPC-User from Apache's user (--web-proxy-user).
         self.socket = self.root / "run" / "api.sock"
         self.socket.parent.mkdir(mode=0o755)
+        web_users = WebUsers(self.sandbox.conf_dir, reactor, web_proxy_uid(run_as))
         api = yield ApiSocketEndpoint(reactor, self.socket, group).listen(
-            make_api_site(self.server.factory))
+            make_api_site(self.server.factory, web_users=web_users))
         self.addCleanup(api.stopListening)
 
         self.port = free_port()
@@ -187,12 +197,33 @@ class ApacheDashboardTests(TunnelTestCase):
         self.addCleanup(stop_apache, apache)
 
     @inlineCallbacks
-    def get(self, path, login=True):
-        auth = (USER, PASSWORD) if login else None
-        response = yield treq.get(f"http://127.0.0.1:{self.port}{path}", auth=auth,
-                                  pool=self.pool, allow_redirects=False).addTimeout(TIMEOUT, reactor)
+    def get(self, path, login=True, user=USER, method="GET", headers=None):
+        auth = (user, PASSWORDS[user]) if login else None
+        response = yield treq.request(method, f"http://127.0.0.1:{self.port}{path}", auth=auth,
+                                      headers=headers, pool=self.pool, allow_redirects=False
+                                      ).addTimeout(TIMEOUT, reactor)
         body = yield response.content()
         return response, body.decode("utf-8", "replace")
+
+    @inlineCallbacks
+    def hosts_seen(self, user, **headers):
+        """The hosts /api/v1/hosts lists for C{user}, and who it says they are."""
+        response, body = yield self.get("/backuppc/tunnels/api/v1/hosts", user=user,
+                                        headers=headers)
+        self.assertEqual(response.code, 200, body)
+        body = json.loads(body)
+        return [h["host"] for h in body["hosts"]], body["viewer"]
+
+    @inlineCallbacks
+    def drop(self, user, host, **headers):
+        """The page's own Drop: its token, same origin; (code, JSON answer)."""
+        _, page = yield self.get(DEFAULT_WEB_LINK, user=user)
+        token = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)[1]
+        response, body = yield self.get(
+            f"{DEFAULT_WEB_LINK}hosts/{host}/drop", user=user, method="POST",
+            headers={"X-CSRF-Token": token, "Origin": f"http://127.0.0.1:{self.port}",
+                     "Sec-Fetch-Site": "same-origin", **headers})
+        return response.code, json.loads(body)
 
     @inlineCallbacks
     def test_dashboard_under_backuppc_login(self):
@@ -245,3 +276,35 @@ class ApacheDashboardTests(TunnelTestCase):
         os.chown(self.socket, -1, grp.getgrnam("nogroup").gr_gid)
         response, _ = yield self.get(DEFAULT_WEB_LINK)
         self.assertEqual(response.code, 503)
+
+    @inlineCallbacks
+    def test_backuppc_users_rights(self):
+        """
+        Apache names the signed-in user (replacing a header the browser
+        forged), and each gets what BackupPC gives them: the admin sees every
+        laptop and drops a connected one's tunnel; alice sees only the host
+        whose user she is, and may not drop.
+        """
+        self.sandbox.register("laptop2", free_port(), "00" * 32, in_hosts=False)
+        with (self.sandbox.conf_dir / "hosts").open("a") as f:
+            f.write(f"laptop2   0   {OTHER_USER}\n")
+        yield self.connected_client("laptop1", {"docs": self.root})
+
+        hosts, viewer = yield self.hosts_seen(USER)
+        self.assertEqual((hosts, viewer), (["laptop1", "laptop2"], {"name": USER, "admin": True}))
+        # alice, pretending to be the admin: still alice.
+        hosts, viewer = yield self.hosts_seen(OTHER_USER, **{"X-BackupPC-User": USER})
+        self.assertEqual((hosts, viewer), (["laptop2"], {"name": OTHER_USER, "admin": False}))
+        for host in ["laptop1", "laptop2"]:
+            code, answer = yield self.drop(OTHER_USER, host, **{"X-BackupPC-User": USER})
+            self.assertEqual((code, answer), (403, {"error": (
+                "alice is not one of BackupPC's admins ($Conf{CgiAdminUsers}, "
+                "$Conf{CgiAdminUserGroup}): only they may drop a tunnel")}))
+        self.assertIsNotNone(self.server.factory.tunnels.get("laptop1"))
+        yield self.logs.wait_for("refused POST /dashboard/hosts/laptop1/drop for BackupPC user "
+                                 "alice (through the web server)")
+
+        down = self.server_down("laptop1")
+        code, answer = yield self.drop(USER, "laptop1")
+        self.assertEqual((code, answer), (200, {"dropped": "laptop1"}))
+        yield down

@@ -1,7 +1,8 @@
 """
 The dashboard's resources in memory (treq's StubTreq): the page, its
-sign-in with the API token, and its POST actions' cross-site refusals
-(issue 18, acceptance 4).  tests/test_dashboard_browser.py drives the page
+sign-in with the API token, its POST actions' cross-site refusals
+(issue 18, acceptance 4), and what BackupPC's web users may see and do
+behind Apache.  tests/test_dashboard_browser.py drives the page
 in a real browser.
 """
 
@@ -14,11 +15,15 @@ from unittest import mock
 
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bpctunnel.server import api
 from bpctunnel.server.api import make_api_site
 from bpctunnel.server.dashboard import COOKIE, cookie_value
+from bpctunnel.server.web_users import WebUsers
+from tests.helpers import temp_dir
 
 BASE = "http://dash.example"
 TOKEN = "the-api-token-0123456789"
@@ -241,3 +246,147 @@ class TokenSignInTests(DashboardTestCase):
         code, _, _ = self.request("POST", "/dashboard/hosts/laptop1/drop", cookies=cookies,
                                   headers={"X-CSRF-Token": csrf})
         self.assertEqual(code, 200)
+
+
+WEB_HOSTS = """\
+host        dhcp    user    moreUsers
+laptop1     0       alice
+laptop2     0       bob     carol
+"""
+
+
+class WebProxyTests(DashboardTestCase):
+    """
+    Behind Apache (the web proxy's uid on the socket): the BackupPC user it
+    names in X-BackupPC-User gets what BackupPC gives them, and the web
+    server reaches nothing but the dashboard and /api/v1/hosts.
+    """
+
+    proxy_uid = 33
+
+    def setUp(self):
+        conf = temp_dir(self)
+        (conf / "config.pl").write_text("$Conf{CgiAdminUsers} = 'backuppc';\n"
+                                        "$Conf{CgiAdminUserGroup} = '';\n")
+        (conf / "hosts").write_text(WEB_HOSTS)
+        self.clock = Clock()
+        self.factory = FakeFactory("laptop1", "laptop2")
+        self.factory.state.hosts_view.body.return_value = {
+            "generated_at": "2025-01-01T00:00:00+00:00",
+            "hosts": [{"host": "laptop1"}, {"host": "laptop2"}, {"host": "roaming"}]}
+        self.factory.backup_desk = mock.Mock()
+        self.tunnel = self.factory.tunnels["laptop1"]
+        self.root = make_api_site(self.factory, None,
+                                  WebUsers(conf, self.clock, self.proxy_uid)).resource
+        self.uid = self.proxy_uid
+        self.patch(api, "peer_uid", lambda request: self.uid)
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def as_user(self, user, method, path, **headers):
+        if user is not None:
+            headers["X-BackupPC-User"] = user
+        return self.request(method, path, headers=headers)
+
+    def action(self, user, host, action):
+        return self.as_user(user, "POST", f"/dashboard/hosts/{host}/{action}",
+                            **{"X-CSRF-Token": self.csrf_token(headers={"X-BackupPC-User": user}),
+                               "Origin": BASE, "Sec-Fetch-Site": "same-origin"})
+
+    def test_hosts_of_user(self):
+        """A non-admin sees the hosts whose user or moreUsers they are, and who they are."""
+        for user, hosts in [("alice", ["laptop1"]), ("carol", ["laptop2"]), ("dave", [])]:
+            code, _, body = self.as_user(user, "GET", "/api/v1/hosts")
+            self.assertEqual(code, 200)
+            body = json.loads(body)
+            self.assertEqual([h["host"] for h in body["hosts"]], hosts, user)
+            self.assertEqual(body["viewer"], {"name": user, "admin": False})
+
+    def test_admin_sees_all(self):
+        code, _, body = self.as_user("backuppc", "GET", "/api/v1/hosts")
+        body = json.loads(body)
+        self.assertEqual([h["host"] for h in body["hosts"]], ["laptop1", "laptop2", "roaming"])
+        self.assertEqual(body["viewer"], {"name": "backuppc", "admin": True})
+
+    def test_without_user_refused(self):
+        """The web server must name the user: else 403, with the fix."""
+        for path in ["/dashboard/", "/api/v1/hosts"]:
+            code, _, body = self.as_user(None, "GET", path)
+            self.assertEqual(code, 403, path)
+            self.assertIn("a request from the web server (uid 33) names no BackupPC user",
+                          json.loads(body)["error"])
+        code, _, _ = self.as_user("", "GET", "/api/v1/hosts")
+        self.assertEqual(code, 403)
+        code, _, _ = self.as_user("backuppc", "POST", "/dashboard/hosts/laptop1/drop")
+        self.assertEqual(code, 403)
+        self.assertEqual(self.tunnel.closed, [])
+
+    def test_rest_of_api_refused(self):
+        """Apache proxies only the dashboard and /api/v1/hosts; the rest is 403 for it."""
+        for method, path in [("GET", "/api/v1/tunnels"), ("GET", "/api/v1/tunnels/laptop1"),
+                             ("DELETE", "/api/v1/tunnels/laptop1"), ("GET", "/metrics"),
+                             ("POST", "/api/v1/tunnels/laptop1/ping"),
+                             ("POST", "/api/v1/tunnels/laptop1/backup-done?ok=1"),
+                             ("GET", "/api/v1/hostsx"), ("GET", "/"), ("GET", "/api/v1/")]:
+            code, _, body = self.as_user("backuppc", method, path)
+            self.assertEqual((code, json.loads(body)),
+                             (403, {"error": "through the web server only the dashboard and "
+                                             "/api/v1/hosts may be reached"}), path)
+        self.assertEqual(self.tunnel.closed, [])
+        self.factory.backup_desk.backup_done.assert_not_called()
+
+    def test_drop_for_admins_only(self):
+        code, _, body = self.action("alice", "laptop1", "drop")
+        self.assertEqual((code, json.loads(body)["error"]),
+                         (403, "alice is not one of BackupPC's admins ($Conf{CgiAdminUsers}, "
+                               "$Conf{CgiAdminUserGroup}): only they may drop a tunnel"))
+        self.assertEqual(self.tunnel.closed, [])
+        code, _, body = self.action("backuppc", "laptop1", "drop")
+        self.assertEqual((code, body), (200, b'{\n "dropped": "laptop1"\n}\n'))
+        self.assertEqual(len(self.tunnel.closed), 1)
+
+    def test_ping_own_hosts_only(self):
+        code, _, body = self.action("alice", "laptop1", "ping")
+        self.assertEqual(code, 200)
+        self.assertIn(b'"received": 3', body)
+        code, _, body = self.action("alice", "laptop2", "ping")
+        self.assertEqual((code, json.loads(body)["error"]),
+                         (403, "BackupPC does not let alice see laptop2: only its user and "
+                               "moreUsers (BackupPC's hosts file) and BackupPC's admins may"))
+        code, _, _ = self.action("backuppc", "laptop2", "ping")
+        self.assertEqual(code, 200)
+
+    def test_csrf_still_checked(self):
+        code, _, body = self.as_user("backuppc", "POST", "/dashboard/hosts/laptop1/drop",
+                                     Origin="https://evil.example")
+        self.assertEqual(code, 403)
+        self.assertEqual(self.tunnel.closed, [])
+
+    def test_header_from_others_ignored(self):
+        """BackupPC's user (or anyone but the web server) is who it is, whatever it sends."""
+        self.uid = 108
+        code, _, body = self.as_user("alice", "GET", "/api/v1/hosts")
+        self.assertEqual(json.loads(body)["hosts"], [{"host": "laptop1"}, {"host": "laptop2"},
+                                                     {"host": "roaming"}])
+        self.assertNotIn("viewer", json.loads(body))
+        code, _, body = self.action("backuppc", "laptop1", "drop")
+        self.assertEqual((code, body), (403, b'{\n "error": "only root may drop a tunnel"\n}\n'))
+        code, _, _ = self.as_user("alice", "GET", "/api/v1/tunnels/nobody")
+        self.assertEqual(code, 404)
+        self.uid = 0
+        code, _, _ = self.action("alice", "laptop1", "drop")
+        self.assertEqual(code, 200)
+
+    def test_refusals_logged_within_bounds(self):
+        """Each refusal names who and what; a flood writes five lines, then a sum."""
+        for _ in range(50):
+            self.as_user("alice", "DELETE", "/api/v1/tunnels/laptop1")
+        lines = [e for e in self.events if e.get("log_format", "").startswith("refused {method}")]
+        self.assertEqual(len(lines), 5)
+        self.assertEqual((lines[0]["method"], lines[0]["path"], lines[0]["who"]),
+                         ("DELETE", "/api/v1/tunnels/laptop1",
+                          "BackupPC user alice (through the web server)"))
+        self.clock.advance(10)
+        [summary] = [e for e in self.events if "suppressed" in e]
+        self.assertEqual(summary["suppressed"], 45)

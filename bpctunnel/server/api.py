@@ -11,11 +11,16 @@ The server's status API and metrics, served by C{twisted.web}.
 
 Answers and errors are JSON (C{{"error": "..."}}).
 
-Who may ask what: on the server's Unix socket (C{--api-socket}, mode 660,
-BackupPC's group) the socket's permissions let in root and BackupPC's user;
-dropping a tunnel (C{DELETE}) is for root alone, by the peer's uid
-(C{SO_PEERCRED}).  On TCP (C{--api-listen}) every request needs
-C{Authorization: Bearer TOKEN}.
+Who may ask what (L{bpctunnel.server.web_users}): on the server's Unix
+socket (C{--api-socket}, mode 660, BackupPC's group) the socket's
+permissions let in root, BackupPC's user and the web server; of these only
+root may drop a tunnel (C{DELETE}), by the peer's uid (C{SO_PEERCRED}).
+The web server (C{--web-proxy-user}) asks for the BackupPC web user it names
+in C{X-BackupPC-User}, who sees, pings and drops what BackupPC lets them
+(its admins may drop); it may reach C{/api/v1/hosts} and the dashboard
+only.  On TCP (C{--api-listen}) every request needs C{Authorization: Bearer
+TOKEN}.  Refusals are 403s with a plain C{error}, logged within bounds (the
+first few of a kind, then a sum every few seconds).
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import Interface
 
 from bpctunnel.server.history import iso
+from bpctunnel.server.web_users import (
+    WEB_USER_HEADER, Viewer, WebUsers, viewer_for,
+)
 from bpctunnel.wire import framing
+from bpctunnel.wire.peer_text import peer_text
+from bpctunnel.wire.violations import ViolationCounter
 
 PING_TIMEOUT = 5.0
 MAX_PINGS = 20
@@ -75,22 +86,81 @@ def peer_uid(request) -> int | None:
     return struct.unpack("3i", credentials)[1]
 
 
-def may_administer(request) -> bool:
-    """Root on the Unix socket; anyone the TCP listener let in (its token)."""
-    uid = peer_uid(request)
-    return uid is None or uid == 0
-
-
 def _json(request, status: int, body) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(body, indent=1).encode() + b"\n"
 
 
+class IViewer(Interface):
+    """The L{Viewer} of a request, once L{ApiAccess.viewer} has found it."""
+
+
+class ApiAccess:
+    """
+    Who asks one API site (L{bpctunnel.server.web_users.viewer_for}), and its
+    refusals, logged within bounds: a refused caller may retry as fast as it
+    likes.
+
+    @param clock: an C{IReactorTime} for the log's bounds, or None (then
+        only the first few refusals of each kind are logged).
+    @param web_users: what BackupPC's web users may do, if a web server
+        (C{--web-proxy-user}) may ask for them.
+    """
+
+    def __init__(self, clock, web_users: WebUsers | None = None):
+        self.web_users = web_users
+        self.refusals = ViolationCounter(clock, "", budget=math.inf)
+
+    def viewer(self, request) -> Viewer:
+        """
+        The L{Viewer} of C{request}, found once per request.
+
+        @raise WebUserMissing: it comes from the web server, which named no user.
+        """
+        viewer = request.getComponent(IViewer)
+        if viewer is None:
+            viewer = viewer_for(peer_uid(request),
+                                request.requestHeaders.getRawHeaders(WEB_USER_HEADER),
+                                self.web_users)
+            request.setComponent(IViewer, viewer)
+        return viewer
+
+    def refuse(self, request, status: int, error: str, who: str | None = None) -> bytes:
+        """Answer C{request} C{status} with C{error}, and log that (within bounds)."""
+        if who is None:
+            who = self.viewer(request).who
+        self.refusals.count(f"refused API requests ({status})",
+                            "refused {method} {path} for {who}: {error}",
+                            method=peer_text(request.method.decode("ascii", "replace"), 10),
+                            path=peer_text(request.path.decode("utf-8", "replace"), 200),
+                            who=who, error=peer_text(error, 400))
+        return _json(request, status, {"error": error})
+
+    def flush(self) -> None:
+        """Log what the bounded logs still hold, and cancel their timers."""
+        self.refusals.flush()
+        if self.web_users is not None:
+            self.web_users.log.flush()
+
+
+class _ApiSite(Site):
+    """The API's site: once its last listener stops, its bounded logs say what they hold."""
+
+    def __init__(self, resource, access: ApiAccess):
+        super().__init__(resource)
+        self.access = access
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        self.access.flush()
+
+
 class _Api(Resource):
-    def __init__(self, factory):
+    def __init__(self, factory, access: ApiAccess):
         super().__init__()
         self.factory = factory
+        self.access = access
 
     def live(self, host: str):
         tunnel = self.factory.tunnels.get(host)
@@ -103,16 +173,21 @@ class _Api(Resource):
 
 
 class HostsResource(Resource):
-    """C{/api/v1/hosts}: every tunnel host BackupPC knows and every connected one."""
+    """
+    C{/api/v1/hosts}: every tunnel host BackupPC knows and every connected
+    one, that the asker may see (L{Viewer.visible}).
+    """
 
     isLeaf = True
 
-    def __init__(self, factory):
+    def __init__(self, factory, access: ApiAccess):
         super().__init__()
         self.factory = factory
+        self.access = access
 
     def render_GET(self, request) -> bytes:
-        return _json(request, 200, self.factory.state.hosts_view.body())
+        viewer = self.access.viewer(request)
+        return _json(request, 200, viewer.visible(self.factory.state.hosts_view.body()))
 
 
 class TunnelsResource(_Api):
@@ -121,7 +196,7 @@ class TunnelsResource(_Api):
     def getChild(self, name: bytes, request):
         if not name:
             return self
-        return TunnelResource(self.factory, name.decode("utf-8", "replace").lower())
+        return TunnelResource(self.factory, self.access, name.decode("utf-8", "replace").lower())
 
     def render_GET(self, request) -> bytes:
         tunnels = sorted((t for t in self.factory.tunnels if t.mux is not None and not t.mux.lost),
@@ -134,15 +209,15 @@ class TunnelResource(_Api):
 
     log = Logger()
 
-    def __init__(self, factory, host: str):
-        super().__init__(factory)
+    def __init__(self, factory, access: ApiAccess, host: str):
+        super().__init__(factory, access)
         self.host = host
 
     def getChild(self, name: bytes, request):
         if name == b"ping":
-            return PingResource(self.factory, self.host)
+            return PingResource(self.factory, self.access, self.host)
         if name == b"backup-done":
-            return BackupDoneResource(self.factory, self.host)
+            return BackupDoneResource(self.factory, self.access, self.host)
         return _NotFound(f"no such resource: {name.decode('utf-8', 'replace')}")
 
     def render_GET(self, request) -> bytes:
@@ -152,15 +227,15 @@ class TunnelResource(_Api):
         return _json(request, 200, tunnel_info(tunnel))
 
     def render_DELETE(self, request) -> bytes:
-        if not may_administer(request):
-            self.log.warn("refused to drop the tunnel of {client_name} for uid {uid}: only root "
-                          "may", client_name=self.host, uid=peer_uid(request))
-            return _json(request, 403, {"error": "only root may drop a tunnel"})
+        viewer = self.access.viewer(request)
+        refusal = viewer.drop_refusal() or viewer.host_refusal(self.host)
+        if refusal is not None:
+            return self.access.refuse(request, 403, refusal)
         tunnel = self.live(self.host)
         if tunnel is None:
             return self.not_found(request, self.host)
-        self.log.info("dropping the tunnel of {client_name} at the API's request",
-                      client_name=self.host)
+        self.log.info("dropping the tunnel of {client_name} at the request of {who}",
+                      client_name=self.host, who=viewer.who)
         tunnel.close_tunnel(framing.WS_CLOSE_NORMAL, f"the tunnel of {self.host} was dropped by "
                                                      f"an admin")
         return _json(request, 200, {"dropped": self.host})
@@ -169,11 +244,14 @@ class TunnelResource(_Api):
 class PingResource(_Api):
     """C{/api/v1/tunnels/HOST/ping}: round trips to the client through its tunnel."""
 
-    def __init__(self, factory, host: str):
-        super().__init__(factory)
+    def __init__(self, factory, access: ApiAccess, host: str):
+        super().__init__(factory, access)
         self.host = host
 
     def render_POST(self, request):
+        refusal = self.access.viewer(request).host_refusal(self.host)
+        if refusal is not None:
+            return self.access.refuse(request, 403, refusal)
         tunnel = self.live(self.host)
         if tunnel is None:
             return self.not_found(request, self.host)
@@ -221,8 +299,8 @@ class BackupDoneResource(_Api):
 
     isLeaf = True
 
-    def __init__(self, factory, host: str):
-        super().__init__(factory)
+    def __init__(self, factory, access: ApiAccess, host: str):
+        super().__init__(factory, access)
         self.host = host
 
     def render_POST(self, request) -> bytes:
@@ -263,17 +341,30 @@ class _NotFound(Resource):
         return _json(request, 404, {"error": self.message})
 
 
+class _Answer(Resource):
+    """A leaf that answers every request with C{body} (already made by L{_json})."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes):
+        super().__init__()
+        self.body = body
+
+    def render(self, request) -> bytes:
+        return self.body
+
+
 class _Guard(Resource):
     """The root: checks the bearer token (if any), then routes."""
 
-    def __init__(self, factory, token: str | None):
+    def __init__(self, factory, token: str | None, access: ApiAccess):
         super().__init__()
         self.token = token
         api = Resource()
         v1 = Resource()
         api.putChild(b"v1", v1)
-        v1.putChild(b"tunnels", TunnelsResource(factory))
-        v1.putChild(b"hosts", HostsResource(factory))
+        v1.putChild(b"tunnels", TunnelsResource(factory, access))
+        v1.putChild(b"hosts", HostsResource(factory, access))
         self.children_by_name = {b"api": api, b"metrics": MetricsResource(factory.metrics)}
 
     def getChild(self, name: bytes, request):
@@ -292,11 +383,20 @@ class _Unauthorized(Resource):
         return _json(request, 401, {"error": "this API needs 'Authorization: Bearer TOKEN'"})
 
 
-def make_api_site(factory, token: str | None = None) -> Site:
-    """The status API and metrics of a L{bpctunnel.server.protocol.TunnelServerFactory}."""
-    site = Site(_Guard(factory, token))
+def make_api_site(factory, token: str | None = None,
+                  web_users: WebUsers | None = None) -> Site:
+    """
+    The status API and metrics of a L{bpctunnel.server.protocol.TunnelServerFactory};
+    C{web_users}: on the Unix socket, what the web server's users may do
+    (C{--web-proxy-user}).
+    """
+    # Test doubles of the factory may have no reactor: then the refusals'
+    # log is bounded to its first lines.
+    access = ApiAccess(web_users.clock if web_users is not None
+                       else getattr(factory, "reactor", None), web_users)
+    site = _ApiSite(_Guard(factory, token, access), access)
     site.displayTracebacks = False
     site.noisy = False
     from bpctunnel.server.dashboard import DashboardGate  # it imports this module
-    site.resource = DashboardGate(site.resource, factory, token)
+    site.resource = DashboardGate(site.resource, factory, token, access)
     return site

@@ -7,9 +7,12 @@ next to it (L{DashboardGate} wraps the API site's root).
     POST /dashboard/hosts/HOST/ping          round trips, as the API's ping
     POST /dashboard/hosts/HOST/drop          drop the tunnel, as the API's DELETE
 
-Who may see it: the API's own rules.  On the Unix socket (behind Apache,
-whose login guards it) anyone the socket lets in.  On TCP with a token a
-browser cannot send C{Authorization: Bearer}, so it opens
+Who may see it: the API's own rules.  On the Unix socket anyone the socket
+lets in; behind Apache, whose login guards it, the BackupPC web user Apache
+names sees and does what BackupPC lets them (L{bpctunnel.server.web_users}),
+and the web server reaches the dashboard and C{/api/v1/hosts} only, never
+the rest of the API.  On TCP with a token a browser cannot send
+C{Authorization: Bearer}, so it opens
 C{/dashboard/?token=TOKEN} once: the page then sets an HttpOnly, SameSite
 cookie (a digest of the token, not the token) and redirects to
 C{/dashboard/}.  That cookie stands for the token on the API's GETs only,
@@ -19,8 +22,8 @@ Cross-site requests: every POST to the dashboard needs the page's token (a
 random value made once per server, written into the page) in an
 C{X-CSRF-Token} header, and is refused (403) if C{Sec-Fetch-Site} says
 another site or C{Origin} names another host than C{Host} (or
-C{X-Forwarded-Host} behind a proxy).  Dropping a tunnel needs the authority
-of the API's C{DELETE} (L{bpctunnel.server.api.may_administer}).
+C{X-Forwarded-Host} behind a proxy).  Pinging and dropping need the
+authority of the API's ping and C{DELETE} (L{bpctunnel.server.web_users.Viewer}).
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ import secrets
 from importlib import resources
 from urllib.parse import urlsplit
 
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.util import Redirect
 
-from bpctunnel.server.api import PingResource, TunnelResource, _json, _NotFound
+from bpctunnel.server.api import (
+    ApiAccess, PingResource, TunnelResource, _Answer, _json, _NotFound,
+)
+from bpctunnel.server.web_users import WebUserMissing
 
 #: The cookie that stands for the API token in a browser.
 COOKIE = b"bpctunnel_dashboard"
@@ -90,16 +95,28 @@ class DashboardGate(Resource):
     """
     The API site's new root: C{/dashboard} goes to L{DashboardResource};
     everything else to the API's root C{api_root}, after letting the
-    dashboard's cookie stand for the token on GET and HEAD.
+    dashboard's cookie stand for the token on GET and HEAD.  A request from
+    the web server must name its BackupPC user, and may reach only the
+    dashboard and C{/api/v1/hosts} (all that Apache proxies).
     """
 
-    def __init__(self, api_root: Resource, factory, token: str | None):
+    def __init__(self, api_root: Resource, factory, token: str | None, access: ApiAccess):
         super().__init__()
         self.api_root = api_root
         self.token = token
-        self.dashboard = DashboardResource(factory, token)
+        self.access = access
+        self.dashboard = DashboardResource(factory, token, access)
 
     def getChild(self, name: bytes, request):
+        try:
+            viewer = self.access.viewer(request)
+        except WebUserMissing as e:
+            return _Answer(self.access.refuse(request, 403, str(e), who="the web server"))
+        if viewer.web and name != b"dashboard" and not (
+                name == b"api" and request.postpath[:2] == [b"v1", b"hosts"]):
+            return _Answer(self.access.refuse(
+                request, 403, "through the web server only the dashboard and /api/v1/hosts "
+                              "may be reached"))
         if name == b"dashboard":
             return self.dashboard
         if (self.token is not None and request.method in (b"GET", b"HEAD")
@@ -123,12 +140,11 @@ def signed_in(request, token: str | None) -> bool:
 class DashboardResource(Resource):
     """C{/dashboard}: the page, its files, and its POST actions."""
 
-    log = Logger()
-
-    def __init__(self, factory, token: str | None):
+    def __init__(self, factory, token: str | None, access: ApiAccess):
         super().__init__()
         self.factory = factory
         self.token = token
+        self.access = access
         # One per server: a cross-site page cannot read it from ours.
         self.csrf_token = secrets.token_urlsafe(32)
 
@@ -155,8 +171,10 @@ class DashboardResource(Resource):
         """C{?token=TOKEN}: set the cookie and send the browser on without the token."""
         given = request.args[b"token"][0]
         if not hmac.compare_digest(given, self.token.encode()):
-            self.log.warn("refused a dashboard sign-in with a wrong token from {address}",
-                          address=str(request.getClientAddress()))
+            # Within bounds: a guesser may try as fast as it likes.
+            self.access.refusals.count("refused dashboard sign-ins",
+                                       "refused a dashboard sign-in with a wrong token from "
+                                       "{address}", address=str(request.getClientAddress()))
             return _SignInNeeded()
         request.addCookie(COOKIE, cookie_value(self.token), path=b"/", httpOnly=True,
                           sameSite="strict")
@@ -181,7 +199,6 @@ class _Actions(Resource):
     """C{/dashboard/hosts/HOST/ACTION}: POST only, with the page's token."""
 
     isLeaf = True
-    log = Logger()
 
     def __init__(self, dashboard: DashboardResource):
         super().__init__()
@@ -192,21 +209,20 @@ class _Actions(Resource):
         return _json(request, 405, {"error": "dashboard actions are POSTs"})
 
     def render_POST(self, request):
+        access = self.dashboard.access
         refusal = cross_site_refusal(request, self.dashboard.csrf_token)
         if refusal is not None:
-            self.log.warn("refused a dashboard POST to {path}: {refusal}",
-                          path=request.path.decode("ascii", "replace"), refusal=refusal)
-            return _json(request, 403, {"error": refusal})
+            return access.refuse(request, 403, refusal)
         if len(request.postpath) != 2:
             return _json(request, 404, {"error": "POST /dashboard/hosts/HOST/ping or .../drop"})
         host = request.postpath[0].decode("utf-8", "replace").lower()
         action = request.postpath[1]
         factory = self.dashboard.factory
+        # The API's ping and DELETE, with their checks of who asks (Viewer).
         if action == b"ping":
-            return PingResource(factory, host).render_POST(request)
+            return PingResource(factory, access, host).render_POST(request)
         if action == b"drop":
-            # The API's DELETE, with its authority check (may_administer).
-            return TunnelResource(factory, host).render_DELETE(request)
+            return TunnelResource(factory, access, host).render_DELETE(request)
         return _json(request, 404, {"error": f"no such action: {action.decode('utf-8', 'replace')}"})
 
 

@@ -25,6 +25,7 @@ from bpctunnel.transport.listen_address import listen_description
 from bpctunnel.server.endpoints import plain_endpoint, tunnel_endpoint
 from bpctunnel.server.protocol import ServerSettings, TunnelServerFactory
 from bpctunnel.server.api import make_api_site
+from bpctunnel.server.web_users import WebUsers, web_proxy_uid
 from bpctunnel.server.server_state import STOP_GRACE, ServerState
 from bpctunnel.transport.tls import server_tls_options
 from bpctunnel.twistd_options import PluginOptions
@@ -97,8 +98,14 @@ class Options(PluginOptions):
          "Who may connect to a laptop's port on 127.0.0.1: 'backuppc' (root and BackupPC's "
          "user, $Conf{BackupPCUser}; others are cut off and logged), or 'any'."],
         ["api-socket", None, "/run/bpctunnel/api.sock",
-         "Unix socket for the status API (mode 660, BackupPC's group: root and BackupPC's "
-         "user may use it; only root may drop tunnels), or none."],
+         "Unix socket for the status API (mode 660, BackupPC's group: root, BackupPC's "
+         "user and --web-proxy-user may use it; root and BackupPC's admins through the web "
+         "server may drop tunnels), or none."],
+        ["web-proxy-user", None, None,
+         "The user (name or uid) the web server that serves the dashboard under BackupPC's "
+         "login runs as (default www-data, if it exists), or none.  Its requests on the API "
+         "socket are for the BackupPC user it names in X-BackupPC-User, who gets what "
+         "BackupPC's web interface gives them ($Conf{CgiAdminUsers}, the hosts file)."],
         ["api-listen", None, "none",
          "Endpoint of the status API and /metrics; 'none' disables it."],
         ["api-token-file", None, None, "File holding the API's bearer token (required when the "
@@ -132,6 +139,7 @@ class Options(PluginOptions):
                 api_socket_folder(Path(self["api-socket"]))
                 account = backuppc_account(conf)
                 self["api_group"] = account.pw_gid if account else None
+            self["web_proxy_uid"] = checked_web_proxy_uid(self["web-proxy-user"], conf)
             if self["api-listen"] != "none":
                 if self["api-token-file"]:
                     self["api_token"] = read_api_token(self["api-token-file"])
@@ -154,6 +162,23 @@ def backuppc_account(conf: Path) -> pwd.struct_passwd | None:
         return pwd.getpwnam(user if isinstance(user, str) and user else "backuppc")
     except KeyError:
         return None
+
+
+def checked_web_proxy_uid(choice: str | None, conf: Path) -> int | None:
+    """
+    C{--web-proxy-user} (L{web_proxy_uid}), which may not be BackupPC's own
+    user: its C{PingCmd} and C{DumpPostUserCmd} name no web user.
+    """
+    uid = web_proxy_uid(choice)
+    account = backuppc_account(conf) if uid is not None else None
+    if account is not None and account.pw_uid == uid:
+        if choice is None:
+            return None     # BackupPC runs as www-data: the default is off
+        raise ConfigError(f"--web-proxy-user {choice!r} is BackupPC's own user "
+                          f"({account.pw_name}), whose calls to the API name no web user and "
+                          f"would be refused; name the user the web server runs as, or pass "
+                          f"--web-proxy-user none")
+    return uid
 
 
 def local_uids(choice: str, conf: Path) -> frozenset[int] | None:
@@ -323,8 +348,11 @@ def makeService(options: Options, reactor=None):
                                 factory).setServiceParent(top)
     if options["api-socket"] != "none":
         api = ApiSocketEndpoint(reactor, Path(options["api-socket"]), options["api_group"])
+        web_users = None if options["web_proxy_uid"] is None else \
+            WebUsers(conf, reactor, options["web_proxy_uid"])
         StreamServerEndpointService(LoggingEndpoint(api, "status API and /metrics"),
-                                    make_api_site(factory)).setServiceParent(top)
+                                    make_api_site(factory, web_users=web_users)
+                                    ).setServiceParent(top)
     if options["api-listen"] != "none":
         api = serverFromString(reactor, options["api-listen"])
         StreamServerEndpointService(LoggingEndpoint(api, "status API and /metrics"),

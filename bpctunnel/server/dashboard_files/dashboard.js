@@ -117,6 +117,19 @@ function show(h, now) {
   }
 }
 
+// Behind BackupPC's login the API says who is signed in: only BackupPC's
+// admins may drop a tunnel (the server checks; the button just says so).
+function showViewer(viewer) {
+  const line = document.getElementById("viewer");
+  line.hidden = !viewer;
+  if (!viewer) return;
+  line.textContent = `Signed in to BackupPC as ${viewer.name}` +
+    (viewer.admin ? " (admin)" : ": your hosts only");
+  for (const button of document.querySelectorAll("button.drop")) {
+    button.hidden = !viewer.admin;
+  }
+}
+
 async function load() {
   const answer = await fetch("../api/v1/hosts", {credentials: "same-origin", cache: "no-store"});
   if (!answer.ok) throw new Error(`the API answered ${answer.status}`);
@@ -133,6 +146,7 @@ async function poll() {
       if (!hosts.has(host)) { tr.remove(); rows.delete(host); }
     }
     data.hosts.forEach(h => show(h, now));
+    showViewer(data.viewer);
     // What `bpctunnel check` finds wrong with the server's own files.
     problemList(document.getElementById("server-problems"), data.server_problems || []);
     status.className = "";
