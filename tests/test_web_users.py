@@ -154,11 +154,15 @@ class HostsTests(WebUsersTestCase):
     def test_visible(self):
         """The body of /api/v1/hosts: only the viewer's hosts, and who they are."""
         body = {"generated_at": "now", "hosts": [{"host": h} for h in
-                                                 ["laptop1", "laptop2", "laptop3", "roaming"]]}
+                                                 ["laptop1", "laptop2", "laptop3", "roaming"]],
+                "server_problems": ["backuppc cannot read /etc/bpctunnel/server.key"]}
         self.assertEqual(self.viewer("carol").visible(body),
                          {"generated_at": "now", "hosts": [{"host": "laptop2"}],
+                          "server_problems": [],
                           "viewer": {"name": "carol", "admin": False}})
-        self.assertEqual(len(self.viewer("backuppc").visible(body)["hosts"]), 4)
+        admin = self.viewer("backuppc").visible(body)
+        self.assertEqual(len(admin["hosts"]), 4)
+        self.assertEqual(admin["server_problems"], body["server_problems"])
         self.assertIs(ROOT.visible(body), body)
         self.assertIs(viewer_for(108, None, self.web_users).visible(body), body)
 

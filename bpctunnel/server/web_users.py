@@ -115,6 +115,9 @@ class Viewer:
         if self.hosts is None and not self.web:
             return body
         shown = {**body, "hosts": [h for h in body["hosts"] if self.sees(h["host"])]}
+        if not self.admin and "server_problems" in body:
+            # The server's own files are its admins' business.
+            shown["server_problems"] = []
         if self.web:
             # The dashboard says who is signed in (text only).
             shown["viewer"] = {"name": self.name, "admin": self.admin}
