@@ -179,7 +179,11 @@ class ClientHearsRestartTests(SynchronousTestCase):
         self.endpoint.accept()
         self.server_closes(Notice.SERVER_RESTARTING.close_code, RESTARTING)
         lines = [(e["log_level"], formatEvent(e)) for e in self.events]
-        self.assertIn((LogLevel.info, "the server is restarting; reconnecting"), lines)
+        # One line says it, with what happens next.
+        self.assertEqual([line for _, line in lines if "restart" in line],
+                         ["tunnel to wss://backup.example.org:8443/tunnel closed: the server is "
+                          "restarting; reconnecting"])
+        self.assertIn(LogLevel.info, [level for level, line in lines if "restart" in line])
         self.assertEqual([line for level, line in lines if level >= LogLevel.warn], [])
         self.endpoint.refusing = True  # the server is not back yet
         for _ in range(3):
@@ -258,8 +262,9 @@ class RestartSmokeTests(TestCase):
         self.assertIn("Server Shut Down.", server.text)
         self.assertIn("closing 1 tunnel(s) (server restarting)", server.text)
         text = yield client.wait_for("the server is restarting; reconnecting")
-        line = re.search(r".*tunnel to \S+ closed: .*", text).group(0)
-        self.assertIn("server restarting", line)
+        # One line says it (no second "closed: server restarting" line).
+        self.assertEqual(len(re.findall(r"restart", text)), 1, text)
+        self.assertRegex(text, r"tunnel to \S+ closed: the server is restarting; reconnecting")
         self.assertNotIn("#error", text)
         # Issue 18, acceptance 3: the history is on disk for the next server.
         state = json.loads((root / "state" / "state.json").read_text())

@@ -19,7 +19,7 @@ from bpctunnel.errors import ConfigError, ProtocolError
 from bpctunnel.transport.http_connect import HTTPConnectEndpoint
 from bpctunnel.transport.sockets import ride_out_outages
 from bpctunnel.wire.mux import Channel, Multiplexer
-from bpctunnel.refusals import Refusal, advice_for
+from bpctunnel.refusals import Notice, Refusal, advice_for
 from bpctunnel.wire.peer_text import peer_text, peer_values
 from bpctunnel.client.retry import RetryPolicy, TunnelNotOpened, TunnelService
 from bpctunnel.client.rsync_daemon import RsyncLauncher, log_daemon_identity
@@ -246,6 +246,11 @@ class TunnelClientProtocol(FastBinaryMixin, WebSocketClientProtocol):
         elif tls_advice(reason) is not None:
             self._log.error("TLS with {url} failed: {reason}; {advice}", url=self.factory.config.server,
                            reason=reason, advice=tls_advice(reason))
+        elif self.mux is not None and Notice.from_text(reason) is Notice.SERVER_RESTARTING:
+            # News, not a failure: one line, with what happens next.
+            self._log.info("tunnel to {url} closed: {advice}", url=self.factory.config.server,
+                           advice=Notice.SERVER_RESTARTING.advice, reason=reason,
+                           notice=Notice.SERVER_RESTARTING.code)
         elif self.mux is not None:
             emit = self._log.info if wasClean else self._log.warn
             emit("tunnel to {url} closed: {reason}", url=self.factory.config.server,

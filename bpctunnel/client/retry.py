@@ -139,9 +139,8 @@ class TunnelService(ClientService):
     def _tunnel_event(self, event: str, _protocol, detail) -> None:
         if event != "closed" or Notice.from_text(detail) is not Notice.SERVER_RESTARTING:
             return
+        # The protocol has said so in its close line.
         self._retry_policy.server_restarting()
-        self.log.info("{advice}", advice=Notice.SERVER_RESTARTING.advice,
-                      notice=Notice.SERVER_RESTARTING.code)
 
 
 @implementer(IStreamClientEndpoint)
