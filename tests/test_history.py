@@ -155,6 +155,32 @@ class HistoryLastsTests(HistoryTestCase):
         self.assertEqual(state.history.records, {})
         self.assertFalse((folder / "state.json").exists())
 
+    def test_hostile_values_set_aside(self):
+        """
+        Numbers no clock gives (infinite, NaN, past the year 2242, a 400-digit
+        integer) and JSON nested too deep are corrupt: set aside, the server
+        starts, and its hosts view answers.
+        """
+        folder = self.root / "state"
+        folder.mkdir()
+        bodies = [b'{"version": 1, "hosts": {"laptop1": {"connected_at": %s}}}' % number
+                  for number in [b"1e400", b"NaN", b"-5", b"1e20", b"1" + b"0" * 400]]
+        bodies += [b'{"version": 1, "hosts": {"laptop1": {"last_backup": '
+                   b'{"ok": true, "at": 1e300}}}}',
+                   b'{"version": 1, "hosts": {"laptop1": {"rtt_ms": Infinity}}}',
+                   b"[" * 100_000 + b"]" * 100_000]
+        for body in bodies:
+            (folder / "state.json").write_bytes(body)
+            with capturedLogs() as events:
+                state = self.server_state()
+            self.assertEqual(state.history.records, {}, body[:80])
+            self.assertFalse((folder / "state.json").exists(), body[:80])
+            self.assertIn("corrupt", events[-1]["log_format"])
+            self.assertEqual([h["host"] for h in state.hosts_view.body()["hosts"]],
+                             ["laptop1", "laptop2"])
+            for aside in folder.iterdir():
+                aside.unlink()
+
     def test_no_state_dir(self):
         """Without --state-dir (none) the history is in memory only."""
         state = self.server_state(state_dir=None)

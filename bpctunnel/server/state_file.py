@@ -27,6 +27,9 @@ MAX_MINUTES = 60
 MAX_DETAIL = 500
 MAX_ADDRESS = 100
 MAX_HOST_NAME = 255
+#: The largest time or round trip read back (2**33 s since the epoch is in
+#: the year 2242): beyond it a number is corrupt, not a date to show.
+MAX_NUMBER = 2 ** 33
 #: The state file's name under --state-dir, and its format's version.
 STATE_FILE = "state.json"
 VERSION = 1
@@ -46,10 +49,13 @@ def day_of(seconds: float) -> str:
 
 
 def _number(value) -> float | None:
+    """A time (seconds since the epoch) or a round trip (ms): a number in [0, L{MAX_NUMBER}]."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, found {value!r:.40}")
+    if not 0 <= value <= MAX_NUMBER:   # also false for NaN
+        raise ValueError(f"expected a number from 0 to {MAX_NUMBER}, found {value!r:.40}")
     return float(value)
 
 
@@ -194,7 +200,9 @@ class StateFile:
                     raise ValueError(f"bad host name {host!r:.40}")
                 records[host] = HostRecord.from_json(record)
             return dict(list(records.items())[-MAX_HOSTS:])
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
+                RecursionError) as e:
+            # RecursionError: deeply nested JSON; OverflowError: a huge integer.
             self._set_aside(e, now)
             return {}
 
