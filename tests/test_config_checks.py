@@ -126,6 +126,13 @@ class ProblemsTests(ConfigChecksTestCase):
             self.assertEqual(hosts[host]["problems"][1:],
                              [p.message for p in report.problems], host)
 
+    def test_only_the_hosts_asked_for(self):
+        """A web user's view builds their own hosts only."""
+        for n in range(1, 4):
+            self.register(f"laptop{n}", 64700 + n)
+        body = self.state().hosts_view.body(sees=lambda host: host == "laptop2")
+        self.assertEqual([h["host"] for h in body["hosts"]], ["laptop2"])
+
     def test_host_with_config_but_no_tunnel_cert(self):
         """A host `check` knows (ClientNameAlias 127.0.0.1) that could never connect is listed."""
         config = self.register("laptop1", 64701)

@@ -302,12 +302,16 @@ class WebProxyTests(DashboardTestCase):
             body = json.loads(body)
             self.assertEqual([h["host"] for h in body["hosts"]], hosts, user)
             self.assertEqual(body["viewer"], {"name": user, "admin": False})
+            # The others are left out before they are built, not after.
+            sees = self.factory.state.hosts_view.body.call_args.kwargs["sees"]
+            self.assertEqual([h for h in ["laptop1", "laptop2", "roaming"] if sees(h)], hosts)
 
     def test_admin_sees_all(self):
         code, _, body = self.as_user("backuppc", "GET", "/api/v1/hosts")
         body = json.loads(body)
         self.assertEqual([h["host"] for h in body["hosts"]], ["laptop1", "laptop2", "roaming"])
         self.assertEqual(body["viewer"], {"name": "backuppc", "admin": True})
+        self.assertIsNone(self.factory.state.hosts_view.body.call_args.kwargs["sees"])
 
     def test_without_user_refused(self):
         """The web server must name the user: else 403, with the fix."""

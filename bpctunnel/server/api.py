@@ -187,7 +187,9 @@ class HostsResource(Resource):
 
     def render_GET(self, request) -> bytes:
         viewer = self.access.viewer(request)
-        return _json(request, 200, viewer.visible(self.factory.state.hosts_view.body()))
+        body = self.factory.state.hosts_view.body(
+            sees=viewer.sees if viewer.hosts is not None else None)
+        return _json(request, 200, viewer.visible(body))
 
 
 class TunnelsResource(_Api):

@@ -70,6 +70,8 @@ class HostHistory:
         self.dirty = False
         self._saved_at = clock.seconds()
         self._run_in_thread = run_in_thread or in_thread(clock)
+        #: (minute, its hour's minutes and labels), for L{last_hour}.
+        self._minute_labels: tuple[int, list[tuple[int, str]]] | None = None
         #: The write under way, if any: one at a time, or two threads would
         #: share the temporary file and an older snapshot could land last.
         self._writing: Deferred | None = None
@@ -156,9 +158,14 @@ class HostHistory:
         """C{[[iso_minute, bytes], ...]} for each of the last 60 minutes, oldest first."""
         record = self.records.get(host)
         counts = {m: n for m, n in record.minutes} if record else {}
-        current = int(now // 60) * 60
-        return [[iso(m), counts.get(m, 0)]
-                for m in range(current - 60 * (MAX_MINUTES - 1), current + 1, 60)]
+        return [[label, counts.get(m, 0)] for m, label in self._minutes(int(now // 60) * 60)]
+
+    def _minutes(self, current: int) -> list[tuple[int, str]]:
+        """The last hour's minutes and their ISO labels, made once a minute (not per host)."""
+        if self._minute_labels is None or self._minute_labels[0] != current:
+            self._minute_labels = (current, [
+                (m, iso(m)) for m in range(current - 60 * (MAX_MINUTES - 1), current + 1, 60)])
+        return self._minute_labels[1]
 
     # -- start, stop and the file ------------------------------------------------
 

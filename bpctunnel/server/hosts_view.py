@@ -12,6 +12,7 @@ failed, its certificate (the live one if connected) expiring.
 from __future__ import annotations
 
 import datetime
+from typing import Callable
 
 from bpctunnel.backuppc.checks import HostReport, live_problems
 from bpctunnel.server.config_checks import Findings
@@ -57,11 +58,17 @@ class HostsView:
         checks = self.state.config_checks
         return checks.latest() if checks is not None else Findings()
 
-    def body(self) -> dict:
+    def body(self, sees: Callable[[str], bool] | None = None) -> dict:
+        """
+        The fleet, or only the hosts C{sees} accepts (a web user's own: the
+        others cost nothing to leave out).
+        """
         now = self.state.clock.seconds()
         findings = self.findings()
         live = {t.host: t for t in self.state.tunnels if t.mux is not None and not t.mux.lost}
         hosts = sorted(self.known_hosts(now) | set(findings.reports) | set(live))
+        if sees is not None:
+            hosts = [host for host in hosts if sees(host)]
         return {"generated_at": iso(now),
                 "checked_at": iso(findings.at),
                 "server_problems": list(findings.server),
