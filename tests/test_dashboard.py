@@ -16,8 +16,9 @@ from unittest import mock
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from bpctunnel.server import api
 from bpctunnel.server.api import make_api_site
@@ -265,7 +266,7 @@ class WebProxyTests(DashboardTestCase):
     proxy_uid = 33
 
     def setUp(self):
-        conf = temp_dir(self)
+        conf = self.conf = temp_dir(self)
         (conf / "config.pl").write_text("$Conf{CgiAdminUsers} = 'backuppc';\n"
                                         "$Conf{CgiAdminUserGroup} = '';\n")
         (conf / "hosts").write_text(WEB_HOSTS)
@@ -293,6 +294,23 @@ class WebProxyTests(DashboardTestCase):
         return self.as_user(user, "POST", f"/dashboard/hosts/{host}/{action}",
                             **{"X-CSRF-Token": self.csrf_token(headers={"X-BackupPC-User": user}),
                                "Origin": BASE, "Sec-Fetch-Site": "same-origin"})
+
+    def test_no_access_log_and_no_cache(self):
+        """
+        A refused request leaves no access-log line (only the bounded refusal
+        log), and per-user answers are never cached.
+        """
+        site = make_api_site(self.factory, None, WebUsers(self.conf, self.clock, self.proxy_uid))
+        request = DummyRequest([b"api", b"v1", b"tunnels"])
+        request.code, request.sentLength = 403, 0
+        site.startFactory()   # where twisted.web opens its access log
+        self.addCleanup(site.stopFactory)
+        with capturedLogs() as events:
+            for _ in range(50):
+                site.log(request)
+        self.assertEqual(events, [])
+        _, headers, _ = self.as_user("alice", "GET", "/api/v1/hosts")
+        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-store, private"])
 
     def test_hosts_of_user(self):
         """A non-admin sees the hosts whose user or moreUsers they are, and who they are."""

@@ -89,6 +89,8 @@ def peer_uid(request) -> int | None:
 def _json(request, status: int, body) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
+    # Answers differ per asker (a web user sees their own hosts): never cached.
+    request.setHeader(b"cache-control", b"no-store, private")
     return json.dumps(body, indent=1).encode() + b"\n"
 
 
@@ -154,6 +156,13 @@ class _ApiSite(Site):
     def stopFactory(self) -> None:
         super().stopFactory()
         self.access.flush()
+
+    def log(self, request) -> None:
+        """
+        No access log: the dashboard polls every 2 s per open page, and a
+        peer may send refused requests as fast as it likes.  What matters
+        (refusals, drops, pings) the API logs itself, within bounds.
+        """
 
 
 class _Api(Resource):
