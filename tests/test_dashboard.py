@@ -167,6 +167,12 @@ class CrossSiteTests(DashboardTestCase):
                                Origin="https://backuppc.example",
                                X_Forwarded_Host="backuppc.example")
         self.assertEqual(code, 200)
+        # A browser that sends its own X-Forwarded-Host gets it first in the list
+        # (mod_proxy appends the real one): the last entry counts.
+        code, _, _ = self.post("/dashboard/hosts/laptop1/drop", X_CSRF_Token=self.csrf_token(),
+                               Origin="https://evil.example",
+                               X_Forwarded_Host="evil.example, backuppc.example")
+        self.assertEqual(code, 403)
 
     def test_drop_needs_root(self):
         """On the Unix socket only root may drop a tunnel, as with the API's DELETE."""

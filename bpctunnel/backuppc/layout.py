@@ -79,14 +79,20 @@ def _once_per_version(path: Path, read):
     except OSError:
         return None
     key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _seen:
-        if len(_seen) > 64:
-            _seen.clear()
-        try:
-            _seen[key] = read(path)
-        except (OSError, ConfigError):
-            _seen[key] = None
-    return _seen[key]
+    # The dashboard's check reads this from a thread while the reactor may:
+    # never read back from the shared dict what another thread may clear.
+    try:
+        return _seen[key]
+    except KeyError:
+        pass
+    try:
+        value = read(path)
+    except (OSError, ConfigError):
+        value = None
+    if len(_seen) > 64:
+        _seen.clear()
+    _seen[key] = value
+    return value
 
 
 def _lib_pm_defaults(path: Path) -> tuple[bool, str | None]:

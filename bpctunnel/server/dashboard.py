@@ -80,8 +80,9 @@ def cross_site_refusal(request, csrf_token: str) -> str | None:
     origin = request.getHeader(b"origin")
     if origin is not None:
         host = request.getHeader(b"x-forwarded-host") or request.getHeader(b"host") or b""
-        # A proxy may list several hosts; the first is the browser's.
-        host = host.split(b",")[0].strip().lower()
+        # Each proxy appends the Host it was sent: the last entry is the
+        # nearest proxy's; the first may be the browser's own invention.
+        host = host.split(b",")[-1].strip().lower()
         if urlsplit(origin.decode("ascii", "replace")).netloc.lower() != host.decode(
                 "ascii", "replace"):
             return "the request comes from another site (Origin)"
