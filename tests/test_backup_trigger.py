@@ -97,6 +97,24 @@ class HungServerMesgTests(TunnelTestCase):
         self.assertFalse(os.path.exists(f"/proc/{pid.read_text().strip()}/cmdline"))
 
     @inlineCallbacks
+    def test_given_up_when_a_child_holds_its_output(self):
+        """A command killed whose own child (deaf to TERM) keeps its pipes still ends for us."""
+        folder = temp_dir(self)
+        script, child = folder / "BackupPC_serverMesg", folder / "child"
+        script.write_text(f"#!/bin/sh\n(trap '' TERM; echo $(sh -c 'echo $PPID') > {child}; "
+                          f"exec sleep 1000) &\nwait\n")
+        os.chmod(script, 0o755)
+        self.patch(server_mesg, "KILL_AFTER", 0.2)
+        trigger = BackupTrigger(reactor, BackupRequest((str(script),)), timeout=0.2)
+        reply = yield trigger.request_backup("laptop1").addTimeout(TIMEOUT, reactor)
+        pid = int(child.read_text())
+        self.addCleanup(os.kill, pid, 9)
+        self.assertEqual(reply, BackupReply(
+            False, f"{script} did not end within 0.2 seconds and was killed"))
+        # It is still there, holding the pipes: we did not wait for it.
+        self.assertTrue(os.path.exists(f"/proc/{pid}/cmdline"))
+
+    @inlineCallbacks
     def test_on_connect_once_per_host_at_a_time(self):
         """A laptop that reconnects while its request hangs does not start another."""
         script, pid = self.hanging(ignore_term=False)

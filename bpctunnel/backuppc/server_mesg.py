@@ -203,9 +203,16 @@ class _Collect(ProcessProtocol):
         try:
             self.transport.signalProcess(signal)
         except ProcessExitedAlready:
-            return
+            signal = "KILL"    # gone, yet not ended: what it started holds its pipes
         if signal == "TERM":
             self._timer = self._clock.callLater(KILL_AFTER, self._stop, "KILL")
+        else:
+            self._timer = self._clock.callLater(KILL_AFTER, self._give_up)
+
+    def _give_up(self):
+        # Killed, yet not ended: a process it started holds its output open.
+        # Close our ends, so that it ends for us (what holds them is left).
+        self.transport.loseConnection()
 
     def abandon(self):
         """The command could not start: no timer."""
