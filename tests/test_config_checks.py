@@ -133,6 +133,19 @@ class ProblemsTests(ConfigChecksTestCase):
         body = self.state().hosts_view.body(sees=lambda host: host == "laptop2")
         self.assertEqual([h["host"] for h in body["hosts"]], ["laptop2"])
 
+    def test_others_not_named_to_who_cannot_see_them(self):
+        """A shared port's other holder is "another host" to a user who may not see it."""
+        self.register("laptop1", 64701)
+        self.register("laptop1-old", 64701)
+        state = self.state()
+        [mine] = state.hosts_view.body(sees=lambda host: host == "laptop1")["hosts"]
+        self.assertIn("port 64701 is also RsyncdClientPort of another host: only one tunnel "
+                      "can listen on it", mine["problems"])
+        self.assertNotIn("laptop1-old", " ".join(mine["problems"]))
+        everyone = {h["host"]: h for h in state.hosts_view.body()["hosts"]}
+        self.assertIn("port 64701 is also RsyncdClientPort of laptop1-old: only one tunnel "
+                      "can listen on it", everyone["laptop1"]["problems"])
+
     def test_host_with_config_but_no_tunnel_cert(self):
         """A host `check` knows (ClientNameAlias 127.0.0.1) that could never connect is listed."""
         config = self.register("laptop1", 64701)

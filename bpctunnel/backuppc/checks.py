@@ -8,7 +8,9 @@ C{ClientNameAlias} to 127.0.0.1, or bpctunnel issued it a certificate.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Callable
 
 import attrs
 
@@ -41,6 +43,17 @@ class Problem:
     #: What it is about, where a reader needs to tell: "certificate" (its
     #: expiry, which the dashboard knows better from a live tunnel), or "".
     kind: str = ""
+    #: Other hosts the message names (a shared port's other holders).
+    others: tuple[str, ...] = ()
+
+    def text_for(self, sees: Callable[[str], bool] | None = None) -> str:
+        """The message, with each other host C{sees} rejects named only "another host"."""
+        message = self.message
+        for other in self.others:
+            if sees is not None and not sees(other):
+                message = re.sub(rf"(?<![\w.-]){re.escape(other)}(?![\w.-])", "another host",
+                                 message)
+        return message
 
 
 @attrs.frozen
@@ -253,7 +266,8 @@ def inspect_hosts(paths: Paths, readers=()) -> list[HostReport]:
                 if report.host in owners:
                     others = ", ".join(o for o in owners if o != report.host)
                     problem = Problem(report.host, f"port {port} is also RsyncdClientPort of "
-                                                   f"{others}: only one tunnel can listen on it")
+                                                   f"{others}: only one tunnel can listen on it",
+                                      others=tuple(o for o in owners if o != report.host))
                     reports[report_index] = attrs.evolve(report,
                                                          problems=report.problems + (problem,))
     return sorted(reports, key=lambda r: r.host)

@@ -72,10 +72,11 @@ class HostsView:
         return {"generated_at": iso(now),
                 "checked_at": iso(findings.at),
                 "server_problems": list(findings.server),
-                "hosts": [self.host_info(host, live.get(host), now, findings.reports.get(host))
-                          for host in hosts]}
+                "hosts": [self.host_info(host, live.get(host), now, findings.reports.get(host),
+                                         sees) for host in hosts]}
 
-    def host_info(self, host: str, tunnel, now: float, report: HostReport | None = None) -> dict:
+    def host_info(self, host: str, tunnel, now: float, report: HostReport | None = None,
+                  sees: Callable[[str], bool] | None = None) -> dict:
         history = self.state.history
         record = history.records.get(host)
         if tunnel is not None:
@@ -106,19 +107,22 @@ class HostsView:
                             if backup else None),
             "certificate_expires": expires,
         }
-        info["problems"] = problems(info, last_seen, now) + checked_problems(report, tunnel, record)
+        info["problems"] = problems(info, last_seen, now) + checked_problems(report, tunnel, record,
+                                                                             sees)
         return info
 
 
-def checked_problems(report: HostReport | None, tunnel, record) -> list[str]:
+def checked_problems(report: HostReport | None, tunnel, record,
+                     sees: Callable[[str], bool] | None = None) -> list[str]:
     """
     What C{bpctunnel check} reports for the host: from its files (but its
     certificate's expiry, which L{problems} tells from the live one), and
-    from its live C{tunnel} (modules BackupPC expects, round trip).
+    from its live C{tunnel} (modules BackupPC expects, round trip).  Other
+    hosts that C{sees} rejects are not named.
     """
     if report is None:
         return []
-    found = [p.message for p in report.problems if p.kind != "certificate"]
+    found = [p.text_for(sees) for p in report.problems if p.kind != "certificate"]
     if tunnel is not None:
         served = tunnel.served_modules
         found += [p.message for p in live_problems(
